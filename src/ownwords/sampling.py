@@ -1,0 +1,171 @@
+"""The RSD step, exactly (DESIGN §2). Imports only torch.
+
+Words, defined once. Every distribution lives on the *student's* vocabulary, shape [B, V]:
+
+* proposal ``T`` -- the teacher's sampling distribution, restricted to tokens both models share.
+* student ``S`` -- the student's sampling distribution; fallback tokens and drafts are drawn from it.
+* score ``a`` -- the student's acceptance score of a token (by default its plain softmax probability).
+* ``alpha`` -- the probability that a proposed token is accepted, from an :class:`AcceptanceRule`
+  (0 or 1 for the deterministic rules, ``min(1, a/T)`` for ``ratio``).
+* trial -- one proposal drawn from ``T`` and tested against ``alpha``; up to ``trials`` per position.
+* fallback -- no trial was accepted, so the student drew the token from ``S``.
+* ``P`` -- what one RSD step emits. With ``m = sum_x T(x) alpha(x)`` (the mass that would be accepted):
+
+      P(x) = T(x) alpha(x) (1 - (1 - m)^N) / m  +  (1 - m)^N S(x)
+
+Randomness always comes in as uniforms drawn by the caller from per-sample generators
+(float64, so a draw is never rounded onto a bucket edge); nothing here touches global RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+RULES = ("threshold", "rank", "nucleus", "ratio", "percentile")
+
+
+def probs_from_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Sampling distribution [B, V] (float32) from logits [B, V]; ``-inf`` logits are masked tokens.
+
+    temperature 0 is greedy (a one-hot on the argmax); top_k 0 and top_p 1 disable those filters.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = logits.softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # [B, V]; the top token always stays
+        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draws: probs [B, V], uniforms [B, n] in [0, 1) (float64) -> token ids [B, n].
+
+    A token with zero probability is never returned (``right=True`` skips flat steps of the CDF).
+    """
+    cdf = probs.double().cumsum(-1)  # [B, V]
+    targets = uniforms.to(cdf) * cdf[:, -1:]  # [B, n], strictly below the total mass
+    return torch.searchsorted(cdf, targets, right=True).clamp_(max=probs.shape[-1] - 1)
+
+
+@dataclass(frozen=True)
+class AcceptanceRule:
+    """Which proposals the student accepts: ``alpha(score, proposal)`` in [0, 1], shape [B, V].
+
+    * ``threshold`` -- accept if ``a(x) >= value`` (the paper's p_th; 0 accepts all, > 1 none).
+    * ``rank`` -- accept if x is among the student's ``value`` most likely tokens.
+    * ``nucleus`` -- accept if x is inside the student's top-p set of mass ``value``.
+    * ``ratio`` -- accept with probability ``min(1, a(x) / T(x))`` (no value).
+    * ``percentile`` -- reject the ``value`` fraction of proposal mass that the student scores lowest.
+
+    ``top_k`` > 0 additionally requires x to be among the student's top-k (the paper's code does so).
+    """
+
+    name: str = "threshold"
+    value: float = 0.01
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise ValueError(f"acceptance rule {self.name!r} is unknown; expected one of {', '.join(RULES)}")
+        if self.top_k < 0:
+            raise ValueError(f"acceptance top_k must be >= 0 (0 = off), got {self.top_k}")
+        allowed = {
+            "threshold": (self.value >= 0, "a threshold >= 0 (values > 1 give plain student sampling)"),
+            "rank": (self.value >= 1 and float(self.value).is_integer(), "a whole number of tokens >= 1"),
+            "nucleus": (0 < self.value <= 1, "a probability mass in (0, 1]"),
+            "ratio": (True, ""),
+            "percentile": (0 <= self.value <= 1, "a fraction in [0, 1]"),
+        }
+        ok, expected = allowed[self.name]
+        if not ok:
+            raise ValueError(f"acceptance rule {self.name!r} got value {self.value}; expected {expected}")
+
+    def __call__(self, score: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
+        """score, proposal [B, V] -> alpha [B, V] (float32)."""
+        alpha = getattr(self, f"_{self.name}")(score.float(), proposal.float())
+        if self.top_k:
+            alpha = alpha * _in_top_k(score, self.top_k)
+        return alpha
+
+    def _threshold(self, score, proposal):
+        return (score >= self.value).float()
+
+    def _rank(self, score, proposal):
+        return _in_top_k(score, int(self.value))
+
+    def _nucleus(self, score, proposal):
+        sorted_score, order = score.sort(-1, descending=True)
+        inside = (sorted_score.cumsum(-1) - sorted_score) < self.value  # [B, V]; the top token is inside
+        return torch.zeros_like(score).scatter_(-1, order, inside.float())
+
+    def _ratio(self, score, proposal):
+        # T = 0 tokens are never proposed; clamping the denominator keeps the division NaN-free.
+        return torch.where(proposal > 0, (score / proposal.clamp_min(1e-30)).clamp(max=1.0), 0.0)
+
+    def _percentile(self, score, proposal):
+        # Sort tokens by student score, lowest first; a token is accepted once the proposal mass of
+        # the tokens ranked below it reaches the percentile.
+        order = score.argsort(dim=-1, stable=True)  # [B, V]
+        sorted_mass = proposal.gather(-1, order)
+        mass_below = sorted_mass.cumsum(-1) - sorted_mass
+        inside = mass_below >= self.value - 1e-7  # float32 cumsum tolerance
+        return torch.zeros_like(score).scatter_(-1, order, inside.float())
+
+
+def _in_top_k(score: torch.Tensor, k: int) -> torch.Tensor:
+    """1.0 where the token is among the k highest scores of its row, else 0.0; [B, V]."""
+    k = min(k, score.shape[-1])
+    return torch.zeros_like(score, dtype=torch.float32).scatter_(-1, score.topk(k, dim=-1).indices, 1.0)
+
+
+def rsd_probs(
+    proposal: torch.Tensor, alpha: torch.Tensor, student: torch.Tensor, trials: int
+) -> torch.Tensor:
+    """Closed form of what one RSD step emits, P [B, V] (float64); see the module docstring."""
+    proposal, alpha, student = proposal.double(), alpha.double(), student.double()
+    accepted = proposal * alpha  # [B, V]
+    m = accepted.sum(-1, keepdim=True)  # [B, 1]
+    miss = (1.0 - m).clamp(min=0.0) ** trials  # all trials rejected
+    # (1 - (1 - m)^N) / m -> N as m -> 0; `where` keeps the 0/0 out of the result.
+    scale = torch.where(m > 0, (1.0 - miss) / m.clamp_min(1e-300), torch.full_like(m, float(trials)))
+    return accepted * scale + miss * student
+
+
+def rsd_sample(
+    proposal: torch.Tensor, alpha: torch.Tensor, student: torch.Tensor, trials: int, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The trial procedure. uniforms [B, 2 * trials + 1] (float64): per trial one for the proposal and
+    one for the acceptance coin, and the last one for the fallback draw (always consumed, so a row's
+    random stream never depends on what happened).
+
+    Returns tokens [B] (long), fallback [B] (bool), tried [B] (long, trials used).
+    """
+    candidates = sample_from(proposal, uniforms[:, :trials])  # [B, N]
+    coins = uniforms[:, trials : 2 * trials]  # [B, N]
+    accepted = coins < alpha.gather(-1, candidates).double()  # [B, N]
+    fallback = ~accepted.any(-1)  # [B]
+    first = accepted.long().argmax(-1)  # [B]; first accepted trial (0 when none)
+    drawn = sample_from(student, uniforms[:, -1:]).squeeze(-1)  # [B]
+    tokens = torch.where(fallback, drawn, candidates.gather(-1, first[:, None]).squeeze(-1))
+    tried = torch.where(fallback, torch.full_like(first, trials), first + 1)
+    return tokens, fallback, tried
+
+
+def uniforms_for(generators: list[torch.Generator], n: int) -> torch.Tensor:
+    """[B, n] float64 uniforms, row i drawn from generators[i] (CPU generators: a sample's stream is
+    the same on every device and in every batch)."""
+    return torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in generators])
