@@ -1,0 +1,136 @@
+"""Tiny teacher/student pairs built locally: random weights, a tokenizer trained here, a chat template.
+
+They let every command run without a hub or a GPU; tests and benchmarks use this same factory. The
+pair shares a trained byte-level BPE vocabulary but differs in added tokens (the student has
+``<think>`` / ``</think>``, the teacher an extra token of its own) and in embedding padding, like
+real pairs such as s1.1-7B / Qwen3-0.6B (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+
+logger = logging.getLogger(__name__)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Architecture and size of one tiny model."""
+
+    model_type: str  # any transformers causal-LM model type: "qwen3", "llama", ...
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    logit_scale: float = 3.0  # std of the random logits: peaked enough that some tokens pass p_th
+
+
+# ~25M parameters and ~1M parameters: the standard pair of the benchmarks (defined here, once).
+TEACHER = TinySpec("qwen3", 512, 7, 8, 4, 1664)
+STUDENT = TinySpec("llama", 128, 4, 4, 2, 384)
+
+
+def corpus(n: int = 3000, seed: int = 0) -> list[str]:
+    """Synthetic reasoning-flavoured text to train the tokenizer on."""
+    rng = random.Random(seed)
+    words = (
+        "let me think step by step so the answer is first we compute then add subtract multiply divide "
+        "wait check again hmm therefore total each number sum product because of since final result "
+        "question solve find value equation apples books students costs dollars minutes hours"
+    ).split()
+    lines = []
+    for _ in range(n):
+        a, b = rng.randint(0, 999), rng.randint(1, 99)
+        phrase = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+        lines.append(f"{phrase.capitalize()}: {a} + {b} = {a + b}, so \\boxed{{{a + b}}}.")
+    return lines
+
+
+def train_tokenizer(
+    texts: list[str], vocab_size: int = 1024, added_tokens: tuple[str, ...] = ()
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with ChatML special tokens and a chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
+    )
+    if added_tokens:
+        wrapped.add_tokens(list(added_tokens), special_tokens=False)
+    return wrapped
+
+
+def build_model(spec: TinySpec, tokenizer: PreTrainedTokenizerFast, seed: int = 0, pad_to: int = 64):
+    """A randomly initialised causal LM for `tokenizer` (embedding padded past its size, as real ones are)."""
+    vocab = -(-len(tokenizer) // pad_to) * pad_to
+    config = AutoConfig.for_model(
+        spec.model_type,
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.hidden_size // spec.num_attention_heads,
+        intermediate_size=spec.intermediate_size,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(
+        seed
+    )  # from_config draws from the global generator; this is a factory, not the library path
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head.copy_(torch.randn(head.shape, generator=gen) * spec.logit_scale / spec.hidden_size**0.5)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id
+    )
+    return model.eval()
+
+
+def make_tiny_pair(
+    outdir: str | Path, seed: int = 0, teacher: TinySpec = TEACHER, student: TinySpec = STUDENT
+) -> tuple[Path, Path]:
+    """Write ``outdir/teacher`` and ``outdir/student`` (model, tokenizer, generation config)."""
+    outdir = Path(outdir)
+    texts = corpus(seed=seed)
+    paths = []
+    for name, spec, added in (
+        ("teacher", teacher, ("<|teacher_only|>",)),
+        ("student", student, ("<think>", "</think>")),
+    ):
+        tokenizer = train_tokenizer(texts, added_tokens=added)
+        model = build_model(spec, tokenizer, seed=seed + (name == "student"))
+        path = outdir / name
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("wrote tiny %s (%s, %.1fM parameters) to %s", name, spec.model_type, n_params / 1e6, path)
+        paths.append(path)
+    return paths[0], paths[1]
