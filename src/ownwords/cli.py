@@ -1,0 +1,64 @@
+"""The one `ownwords` command: a subcommand per stage, each a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .store import StoreError
+
+USAGE = """usage: ownwords <command> [options]   (ownwords <command> --help for its options)
+
+commands:
+  generate   RSD traces for a question set into a resumable SQLite store
+  tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
+"""
+
+
+def _generate(argv: list[str]) -> None:
+    from .config import parse
+    from .generate import PRESETS, GenerateConfig, generate
+
+    config = parse(GenerateConfig, argv, prog="ownwords generate", presets=PRESETS)
+    summary = generate(config)
+    print(json.dumps(summary, indent=2))
+
+
+def _tiny(argv: list[str]) -> None:
+    from .tiny import make_tiny_pair
+
+    parser = argparse.ArgumentParser(
+        prog="ownwords tiny", description="Write OUTDIR/teacher and OUTDIR/student."
+    )
+    parser.add_argument("outdir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    teacher, student = make_tiny_pair(args.outdir, seed=args.seed)
+    print(f"teacher: {teacher}\nstudent: {student}")
+
+
+COMMANDS = {"generate": _generate, "tiny": _tiny}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"ownwords: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        command(argv[1:])
+    except (ValueError, FileNotFoundError, StoreError) as err:  # bad input: say what and where, no traceback
+        print(f"ownwords {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Stage configs from YAML and the command line: defaults < preset < YAML file < flags.
+
+Each stage has one dataclass (fields carry their help text; `__post_init__` validates). The parser is
+transformers' `HfArgumentParser`, so every field is a flag (`--max-new-tokens` or `--max_new_tokens`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from transformers import HfArgumentParser
+
+C = TypeVar("C")
+
+
+def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """A YAML mapping whose keys must all be fields of `cls`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r}: expected a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"config file {str(path)!r}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return data
+
+
+def parse(cls: type[C], argv: list[str], prog: str, presets: dict[str, dict] | None = None) -> C:
+    """Build `cls` from argv (with `--config FILE` and, when `presets` is given, `--preset NAME`)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--preset")
+    known, rest = pre.parse_known_args(argv)
+    from_file = load_yaml(known.config, cls) if known.config else {}
+    preset = known.preset or from_file.get("preset")
+    defaults: dict[str, Any] = {}
+    if preset is not None:
+        if not presets or preset not in presets:
+            raise ValueError(f"--preset {preset!r} is unknown; expected one of {sorted(presets or {})}")
+        defaults.update(presets[preset], preset=preset)
+    defaults.update(from_file)
+
+    parser = HfArgumentParser(cls, prog=prog)
+    parser.add_argument("--config", help="YAML file setting any of the options below; flags override it")
+    parser.set_defaults(**defaults)
+    args = [*(["--preset", preset] if preset else []), *rest]
+    return parser.parse_args_into_dataclasses(args=args)[0]  # [1] would be the leftover --config namespace
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
