@@ -26,7 +26,7 @@ DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer w
 PRESETS = {
     # The paper authors' code (DESIGN §2). vLLM returned top-20 log-probabilities computed *before*
     # temperature and top-p, so the preset builds T and S from the raw logits' top-20 (`raw_logprobs`);
-    # `--no-raw-logprobs` applies temperature 0.7 / top-p 0.95 first instead.
+    # `--raw-logprobs false` applies temperature 0.7 / top-p 0.95 first instead.
     "paper": dict(
         threshold=0.01,
         rule="threshold",
@@ -181,7 +181,7 @@ def generate(config: GenerateConfig) -> dict:
 
 
 def _generate(config: GenerateConfig, store: TraceStore) -> dict:
-    store.open_run(config.run, to_dict(config), ignore=OPERATIONAL)
+    store.check_run(config.run, to_dict(config), ignore=OPERATIONAL)  # refuse early, before loading models
     questions = load_questions(
         config.questions,
         config.question_field,
@@ -207,6 +207,7 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
         tuple(config.stop_strings),
         config.batch_size,
     )
+    store.open_run(config.run, to_dict(config), ignore=OPERATIONAL)  # inputs are valid: register the run
     system = config.system_prompt or None
     done = store.done(config.run)
     by_id = {q.id: q for q in questions}

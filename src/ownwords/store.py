@@ -74,17 +74,21 @@ class TraceStore:
         return {r["run"]: json.loads(r["config"]) for r in self.db.execute("SELECT run, config FROM runs")}
 
     def open_run(self, run: str, config: dict, ignore: tuple[str, ...] = ()) -> None:
-        """Register `run` with `config`, or check that `config` matches the stored one (keys in
-        `ignore` may differ: they do not change what is generated)."""
+        """Register `run` with `config`, or check that it matches the stored one."""
+        if self.check_run(run, config, ignore):
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?)", (run, json.dumps(config, sort_keys=True), time.time())
+            )
+
+    def check_run(self, run: str, config: dict, ignore: tuple[str, ...] = ()) -> bool:
+        """True if `run` exists with a matching config (keys in `ignore` may differ: they do not change
+        what is generated), False if it does not exist; raises if it exists with another config."""
         stored = self.runs().get(run)
         if stored is None:
-            with self.db:
-                self.db.execute("BEGIN")
-                self.db.execute(
-                    "INSERT INTO runs VALUES (?, ?, ?)",
-                    (run, json.dumps(config, sort_keys=True), time.time()),
-                )
-            return
+            return False
         keys = sorted((set(stored) | set(config)) - set(ignore))
         differ = [k for k in keys if stored.get(k) != config.get(k)]
         if differ:
@@ -93,6 +97,7 @@ class TraceStore:
                 f"store {str(self.path)!r} already holds run {run!r} made with another config ({changes}); "
                 "resume with the same settings, or pick another --run or --store"
             )
+        return True
 
     def done(self, run: str) -> set[tuple[str, int]]:
         rows = self.db.execute("SELECT question_id, sample_index FROM samples WHERE run = ?", (run,))

@@ -1,0 +1,46 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """(teacher_dir, student_dir): the standard tiny pair (Qwen3 teacher, Llama student), saved by path."""
+    from ownwords.tiny import make_tiny_pair
+
+    return make_tiny_pair(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def greek_model(tmp_path_factory):
+    """A tiny model whose tokenizer shares little with the tiny pair's (for the refusal test)."""
+    from ownwords.tiny import STUDENT, build_model, train_tokenizer
+
+    rng = random.Random(0)
+    greek = "αβγδεζηθικλμνξοπρστυφχψω"
+    texts = ["".join(rng.choice(greek) for _ in range(rng.randint(3, 9))) for _ in range(3000)]
+    tok = train_tokenizer(texts, vocab_size=1024)
+    path = tmp_path_factory.mktemp("greek") / "model"
+    build_model(STUDENT, tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def questions_file(tmp_path):
+    """Five GSM8K-shaped questions (no id column: ids are row numbers)."""
+    path = tmp_path / "questions.jsonl"
+    rows = [{"question": f"What is {a} + {a + 1}?", "answer": f"#### {2 * a + 1}"} for a in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the benchmark copies live in ../shared/data beside the repo)")
+    return path

@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+from ownwords.data import build_prompt
+from ownwords.engine import RSD, Engine, Request, Sampling
+from ownwords.lm import load_model, logits_width
+from ownwords.sampling import AcceptanceRule
+from ownwords.vocab import align_vocabularies
+
+
+@pytest.fixture(scope="module")
+def models(tiny_pair):
+    teacher_dir, student_dir = tiny_pair
+    student, s_tok = load_model(str(student_dir), "cpu", "float32")
+    teacher, t_tok = load_model(str(teacher_dir), "cpu", "float32")
+    alignment = align_vocabularies(s_tok, t_tok, logits_width(student), logits_width(teacher))
+    return student, s_tok, teacher, alignment
+
+
+def make_engine(models, batch_size, threshold=0.01, max_new_tokens=24, **kwargs):
+    student, s_tok, teacher, alignment = models
+    rsd = RSD(AcceptanceRule("threshold", threshold), trials=5)
+    return Engine(
+        student,
+        s_tok,
+        teacher,
+        alignment,
+        Sampling(temperature=1.0, top_p=1.0),
+        rsd,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        **kwargs,
+    )
+
+
+def requests(models, n=8):
+    s_tok = models[1]
+    prompts = [
+        build_prompt(s_tok, f"What is {i} + {i * 7}?" * (1 + i % 3), prefix="<think>\n") for i in range(n)
+    ]
+    return [Request(f"q{i % 3}", i, prompts[i], seed=1000 + i) for i in range(n)]
+
+
+def by_index(traces):
+    return {t.request.sample_index: t for t in traces}
+
+
+def test_same_seed_same_tokens(models):
+    a = by_index(make_engine(models, 4).run(requests(models)))
+    b = by_index(make_engine(models, 4).run(requests(models)))
+    assert {i: t.token_ids for i, t in a.items()} == {i: t.token_ids for i, t in b.items()}
+    assert len({tuple(t.token_ids) for t in a.values()}) == len(a)  # different seeds differ
+
+
+def test_batch_invariance_alone_vs_batch_of_8_vs_refilled_batch_of_3(models):
+    reqs = requests(models)
+    alone = by_index(t for r in reqs for t in make_engine(models, 1).run([r]))
+    together = by_index(make_engine(models, 8).run(reqs))
+    refilled = by_index(make_engine(models, 3).run(reqs))
+    for i in alone:
+        assert together[i].token_ids == alone[i].token_ids, f"sample {i} changed in a batch of 8"
+        assert refilled[i].token_ids == alone[i].token_ids, f"sample {i} changed in a refilled batch of 3"
+        assert together[i].fallbacks == alone[i].fallbacks
+        assert together[i].scores == pytest.approx(alone[i].scores, abs=1e-5)
+
+
+def test_records_are_consistent_with_the_threshold(models):
+    engine = make_engine(models, 8, threshold=0.01)
+    for trace in engine.run(requests(models)):
+        n = len(trace.token_ids)
+        assert (
+            n
+            == len(trace.scores)
+            == len(trace.teacher_probs)
+            == len(trace.fallbacks)
+            == len(trace.trials)
+            > 0
+        )
+        for score, fallback, tried, t_prob in zip(
+            trace.scores, trace.fallbacks, trace.trials, trace.teacher_probs
+        ):
+            if fallback:
+                assert tried == 5
+            else:
+                assert score >= 0.01 and 1 <= tried <= 5 and t_prob > 0
+        assert trace.finish_reason in ("eos", "length") and trace.wall_seconds > 0
+        assert (trace.token_ids[-1] in engine.stop_ids) == (trace.finish_reason == "eos")
+
+
+def test_threshold_zero_is_teacher_only_and_above_one_is_student_only(models):
+    for trace in make_engine(models, 8, threshold=0.0).run(requests(models)):
+        assert not any(trace.fallbacks) and set(trace.trials) == {1}
+        assert all(p > 0 for p in trace.teacher_probs)
+    for trace in make_engine(models, 8, threshold=1.5).run(requests(models)):
+        assert all(trace.fallbacks)
+
+
+def test_student_only_engine_samples_the_student(models):
+    student, s_tok, _, _ = models
+    engine = Engine(student, s_tok, sampling=Sampling(temperature=0.0), max_new_tokens=6, batch_size=2)
+    traces = list(engine.run(requests(models, 2)))
+    prompt = traces[0].request.prompt_ids
+    with torch.no_grad():
+        greedy = student(torch.tensor([prompt])).logits[0, -1, : len(s_tok)].argmax().item()
+    assert traces[0].token_ids[0] == greedy
+    assert not any(traces[0].fallbacks)
+
+
+def test_stop_string_and_length_limits(models):
+    reqs = requests(models, 1)
+    free = next(make_engine(models, 1, max_new_tokens=12).run(reqs))
+    stop = models[1].decode(free.token_ids[4:6])
+    stopped = next(make_engine(models, 1, max_new_tokens=12, stop_strings=(stop,)).run(reqs))
+    assert stopped.finish_reason == "stop" and len(stopped.token_ids) <= 6
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
+    prompt_len = len(reqs[0].prompt_ids)
+    short = next(make_engine(models, 1, max_length=prompt_len + 3).run(reqs))
+    assert short.finish_reason == "length" and len(short.token_ids) == 3
+    none = next(make_engine(models, 1, max_length=prompt_len).run(reqs))
+    assert none.finish_reason == "length" and none.token_ids == []
