@@ -134,3 +134,18 @@ def test_uniforms_are_per_generator():
     a = uniforms_for([torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], 3)
     b = uniforms_for([torch.Generator().manual_seed(2)], 3)
     assert a.dtype == torch.float64 and torch.equal(a[1], b[0])
+
+
+def test_top_p_matches_a_full_sort_nucleus():
+    def full_sort(logits, p):
+        probs = logits.softmax(-1)
+        sorted_probs, order = probs.sort(-1, descending=True)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(-1) - sorted_probs >= p, 0.0)
+        out = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        return out / out.sum(-1, keepdim=True)
+
+    gen = torch.Generator().manual_seed(0)
+    for scale in (0.3, 3.0, 10.0):  # flat rows need the full vocabulary, peaked rows a few tokens
+        logits = torch.randn(8, 1000, generator=gen) * scale
+        for p in (0.3, 0.9, 0.999):
+            assert torch.allclose(probs_from_logits(logits, top_p=p), full_sort(logits, p))

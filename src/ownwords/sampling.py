@@ -42,13 +42,26 @@ def probs_from_logits(
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, -math.inf)
     probs = logits.softmax(-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(-1, descending=True)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # [B, V]; the top token always stays
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+    return _top_p(probs, top_p) if top_p < 1.0 else probs
+
+
+def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p (the top token always stays).
+
+    Works on the top-k for growing k instead of a full sort (several times faster on CPU): once the
+    k-th token of every row starts at a mass >= top_p, every nucleus lies inside the top-k.
+    """
+    vocab = probs.shape[-1]
+    k = min(64, vocab)
+    while True:
+        top, order = probs.topk(k, dim=-1)  # [B, k], descending
+        mass_before = top.cumsum(-1) - top
+        if k == vocab or bool((mass_before[:, -1] >= top_p).all()):
+            break
+        k = min(4 * k, vocab)
+    top = top.masked_fill(mass_before >= top_p, 0.0)
+    probs = torch.zeros_like(probs).scatter_(-1, order, top)
+    return probs / probs.sum(-1, keepdim=True)
 
 
 def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
