@@ -13,6 +13,8 @@ USAGE = """usage: ownwords <command> [options]   (ownwords <command> --help for 
 
 commands:
   generate   RSD traces for a question set into a resumable SQLite store
+  select     filter the traces (well formed, answer verified) and choose one per question
+  export     write the chosen traces as a chat dataset for TRL (jsonl, parquet, save_to_disk, hub)
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
 """
 
@@ -22,8 +24,22 @@ def _generate(argv: list[str]) -> None:
     from .generate import PRESETS, GenerateConfig, generate
 
     config = parse(GenerateConfig, argv, prog="ownwords generate", presets=PRESETS)
-    summary = generate(config)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(generate(config), indent=2))
+
+
+def _select(argv: list[str]) -> None:
+    from .config import parse
+    from .select import SelectConfig, select
+
+    print(json.dumps(select(parse(SelectConfig, argv, prog="ownwords select")), indent=2))
+
+
+def _export(argv: list[str]) -> None:
+    from .config import parse
+    from .export import ExportConfig, export
+
+    config = parse(ExportConfig, argv, prog="ownwords export")
+    print(f"exported {len(export(config))} traces to {config.out}")
 
 
 def _tiny(argv: list[str]) -> None:
@@ -39,7 +55,7 @@ def _tiny(argv: list[str]) -> None:
     print(f"teacher: {teacher}\nstudent: {student}")
 
 
-COMMANDS = {"generate": _generate, "tiny": _tiny}
+COMMANDS = {"generate": _generate, "select": _select, "export": _export, "tiny": _tiny}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         command(argv[1:])
-    except (ValueError, FileNotFoundError, StoreError) as err:  # bad input: say what and where, no traceback
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        StoreError,
+    ) as err:  # bad input: say what and where, no traceback
         print(f"ownwords {argv[0]}: error: {err}", file=sys.stderr)
         return 2
     return 0
