@@ -72,6 +72,9 @@ def test_math500_golds_grade_correct_against_their_own_solutions():
     rate = 1 - len(exceptions) / len(rows)
     print(f"MATH500 agreement {rate:.4f}; exceptions: {exceptions}")
     assert rate >= 0.99, exceptions
+    # and it discriminates: another problem's gold is rejected (bar the few with the same value)
+    shifted = sum(bool(grade(r["solution"], rows[(i + 1) % len(rows)]["answer"])) for i, r in enumerate(rows))
+    assert shifted <= 5
 
 
 def test_gsm8k_golds_with_commas_currency_and_cents():

@@ -4,9 +4,9 @@ Every sample gets a status in the store's `selection` table -- `chosen`, `passed
 filter but another sample was chosen) or `dropped` with the first filter that dropped it -- so the
 report explains every sample. Filters, in order:
 
+* ``finished`` -- ended by EOS or a stop string, not cut off at the length limit;
 * ``thinking_format`` -- exactly one end-of-thinking marker, when the prompt opened a thinking block
   (the marker pair comes from the student tokenizer's added tokens, e.g. ``<think>``/``</think>``);
-* ``finished`` -- ended by EOS or a stop string, not cut off at the length limit;
 * ``fallback_rate`` -- fallback tokens / tokens <= ``max_fallback_rate`` (0.5, the paper's);
 * ``has_answer`` -- a final answer can be extracted;
 * ``unverifiable`` -- the gold answer cannot be checked (a proof...), when ``unverifiable=drop``;
@@ -27,7 +27,7 @@ from .verify import KINDS, extract_answer, grade
 
 logger = logging.getLogger(__name__)
 
-FILTERS = ("thinking_format", "finished", "fallback_rate", "has_answer", "unverifiable", "correct")
+FILTERS = ("finished", "thinking_format", "fallback_rate", "has_answer", "unverifiable", "correct")
 POLICIES = ("shortest", "first", "all")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS selection (
@@ -114,8 +114,8 @@ def judge(
     answer = extract_answer(text, kind, thinking_end)
     verdict = grade(text, gold, kind, thinking_end) if gold is not None and config.require_correct else None
     checks = (
-        ("thinking_format", thinking_end is None or text.count(thinking_end) == 1),
         ("finished", sample["finish_reason"] in ("eos", "stop")),
+        ("thinking_format", thinking_end is None or text.count(thinking_end) == 1),
         ("fallback_rate", sample["n_fallbacks"] <= config.max_fallback_rate * max(sample["n_tokens"], 1)),
         ("has_answer", answer is not None),
         ("unverifiable", not config.require_correct or verdict is not None or config.unverifiable == "keep"),
