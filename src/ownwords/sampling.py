@@ -182,3 +182,50 @@ def uniforms_for(generators: list[torch.Generator], n: int) -> torch.Tensor:
     """[B, n] float64 uniforms, row i drawn from generators[i] (CPU generators: a sample's stream is
     the same on every device and in every batch)."""
     return torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in generators])
+
+
+def speculative_verify(
+    target: torch.Tensor, draft_probs: torch.Tensor, draft: torch.Tensor, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling against the RSD distribution (DESIGN §2, "Fast and exact").
+
+    target [B, K+1, V]: P at each draft position and one past the last; draft_probs [B, K, V]: S, the
+    distribution each draft token was drawn from; draft [B, K]; uniforms [B, K+1] (float64): K
+    acceptance coins and one draw for the final token.
+    Output tokens = accepted drafts + one more: at the first rejection a token from
+    normalise(max(0, P - S)) (the recovered token), or, when all K are accepted, a bonus token from P.
+    Returns accepted [B] (how many drafts were kept) and the final token [B].
+    """
+    batch, k = draft.shape
+    p_draft = target[:, :k].gather(-1, draft[..., None]).squeeze(-1).double()  # [B, K]
+    s_draft = draft_probs.gather(-1, draft[..., None]).squeeze(-1).double()  # [B, K]; > 0: drawn from S
+    keep = uniforms[:, :k] < (p_draft / s_draft.clamp_min(1e-300)).clamp(max=1.0)  # [B, K]
+    accepted = keep.long().cumprod(-1).sum(-1)  # [B]: index of the first rejection, or K
+    rows = torch.arange(batch, device=draft.device)
+    p_last = target[rows, accepted].double()  # [B, V]
+    s_last = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, draft_probs.shape[-1])], 1)[rows, accepted]
+    residual = (p_last - s_last.double()).clamp(min=0.0)  # = P where no draft was rejected (bonus)
+    # A rejection where P - S has no positive mass can only come from rounding; P is then the answer.
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_last)
+    return accepted, sample_from(residual, uniforms[:, k:]).squeeze(-1)
+
+
+def rsd_explain(
+    mass: torch.Tensor, student_x: torch.Tensor, probs_x: torch.Tensor, trials: int, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Book-keeping for a token emitted from P without running trials (the speculative path).
+
+    Draws (fallback, trials) from their distribution given the emitted token x, so that token and
+    records are jointly distributed exactly as in the trial procedure: x was a fallback with
+    probability (1 - m)^N S(x) / P(x); otherwise it was accepted at trial k with probability
+    proportional to (1 - m)^(k - 1), k = 1..N. All inputs are [n] (m, S(x), P(x)); uniforms [n, 2].
+    """
+    mass, student_x, probs_x = mass.double(), student_x.double(), probs_x.double()
+    miss_each = (1.0 - mass).clamp(0.0, 1.0)
+    from_student = miss_each**trials * student_x
+    fallback = uniforms[:, 0] * probs_x < from_student  # u < miss S(x) / P(x), without dividing
+    # Truncated geometric by inverse CDF: k = floor(log(1 - u (1 - r^N)) / log r) + 1.
+    scaled = torch.log1p(-uniforms[:, 1] * (1.0 - miss_each**trials))
+    k = torch.floor(scaled / torch.log(miss_each).clamp(max=-1e-300)) + 1
+    tried = torch.where(fallback, float(trials), k.nan_to_num(1.0).clamp(1, trials)).long()
+    return fallback, tried
