@@ -142,3 +142,13 @@ def test_preset_yaml_and_flags_layer(tmp_path):
     assert config.trials == 3 and config.top_k == 10 and config.generation_prefix == "<think>\n"
     config = parse(GenerateConfig, ["--config", str(cfg), "--raw-logprobs", "false"], "t", PRESETS)
     assert not config.raw_logprobs
+
+
+def test_speculative_generate_from_the_cli(tiny_pair, questions_file, tmp_path):
+    store = tmp_path / "spec.sqlite"
+    assert main(["generate", *argv(tiny_pair, questions_file, store, "--speculate", "3")]) == 0
+    summary = json.loads((tmp_path / "spec.sqlite.summary.json").read_text())
+    assert summary["samples"] == 10 and summary["engine"]["drafted"] > 0
+    assert summary["engine"]["teacher_forwards"] < summary["new_tokens"]
+    for r in rows(store):
+        assert all(s >= 0.01 for s, f in zip(r["scores"], r["fallbacks"]) if not f)

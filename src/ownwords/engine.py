@@ -16,7 +16,16 @@ from itertools import islice
 import torch
 
 from .lm import CachedBatch, logits_width, stop_token_ids
-from .sampling import AcceptanceRule, probs_from_logits, rsd_sample, sample_from, uniforms_for
+from .sampling import (
+    AcceptanceRule,
+    probs_from_logits,
+    rsd_explain,
+    rsd_probs,
+    rsd_sample,
+    sample_from,
+    speculative_verify,
+    uniforms_for,
+)
 from .vocab import VocabAlignment
 
 
@@ -74,6 +83,7 @@ class _Row:
     generator: torch.Generator
     budget: int  # new tokens this row may still emit
     started: float
+    pending: int = -1  # speculative path: emitted token not yet fed to the models
 
 
 class Engine:
@@ -89,9 +99,15 @@ class Engine:
         max_length: int = 8192,
         stop_strings: tuple[str, ...] = (),
         batch_size: int = 16,
+        speculate: int = 0,
     ):
         if (teacher is None) != (alignment is None):
             raise ValueError("a teacher needs a vocabulary alignment, and an alignment needs a teacher")
+        if speculate < 0 or (speculate and teacher is None):
+            raise ValueError(f"speculate must be >= 0 and needs a teacher, got {speculate}")
+        self.speculate = speculate
+        # teacher/student forward passes, tokens emitted, drafts proposed and accepted (for benchmarks)
+        self.stats = dict(teacher_forwards=0, student_forwards=0, tokens=0, drafted=0, accepted=0)
         self.student, self.tokenizer, self.teacher, self.alignment = (
             student,
             student_tokenizer,
@@ -114,6 +130,9 @@ class Engine:
 
     def run(self, requests: Iterable[Request]) -> Iterator[Trace]:
         """Generate every request; yields traces as they finish (not in request order)."""
+        if self.speculate:
+            yield from self._run_speculative(requests)
+            return
         pending = iter(requests)
         rows: list[_Row] = []
         student, teacher = self._states()
@@ -153,8 +172,10 @@ class Engine:
                     t_logits = t_logits[index.to(t_logits.device)]
             last = [[row.trace.token_ids[-1]] for row in rows]
             s_logits = student.append(last)[:, -1]
+            self.stats["student_forwards"] += 1
             if teacher is not None:
                 t_logits = teacher.append([self.alignment.to_teacher(ids) for ids in last])[:, -1]
+                self.stats["teacher_forwards"] += 1
 
     def _admit(self, requests: list[Request]) -> tuple[list[_Row], list[Trace]]:
         rows, too_long = [], []
@@ -201,6 +222,117 @@ class Engine:
         columns = (tokens, proposal_p, a, fallback, tried)
         return torch.stack([c.double() for c in columns], dim=1).tolist()  # one device sync per step
 
+    def _run_speculative(self, requests: Iterable[Request]) -> Iterator[Trace]:
+        """Speculative RSD: blocks of K student drafts verified against P with one teacher pass.
+
+        Each row carries a `pending` token: emitted, recorded, not yet fed to either model. A block
+        feeds it, drafts K tokens, verifies them, rolls both caches back over the rejected drafts, and
+        leaves the block's last emitted token pending.
+        """
+        pending_requests = iter(requests)
+        rows: list[_Row] = []
+        student, teacher = self._states()
+        while True:
+            fresh = list(islice(pending_requests, self.batch_size - len(rows)))
+            if fresh:
+                admitted, too_long = self._admit(fresh)
+                yield from too_long
+                if admitted:
+                    new_s, new_t = self._states()
+                    prompts = [r.trace.request.prompt_ids for r in admitted]
+                    new_s.append([p[:-1] for p in prompts])  # the last prompt token is the first pending one
+                    new_t.append([self.alignment.to_teacher(p[:-1]) for p in prompts])
+                    for row, prompt in zip(admitted, prompts, strict=True):
+                        row.pending = prompt[-1]
+                    student.extend(new_s)
+                    teacher.extend(new_t)
+                    rows += admitted
+            if not rows:
+                return
+            keep = []
+            for i, (row, records) in enumerate(zip(rows, self._block(rows, student, teacher), strict=True)):
+                if any(self._record(row, record) for record in records):
+                    yield row.trace
+                else:
+                    row.pending = row.trace.token_ids[-1]
+                    keep.append(i)
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                if not rows:
+                    student, teacher = self._states()
+                    continue
+                index = torch.tensor(keep, dtype=torch.long)
+                student.select(index)
+                teacher.select(index)
+
+    @torch.no_grad()
+    def _block(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch) -> list[list[list[float]]]:
+        """One speculative block for every row -> per row the emitted records [token, T, a, fallback, trials]."""
+        k, n_rows, v = self.speculate, len(rows), self.vocab
+        u = uniforms_for([r.generator for r in rows], 4 * k + 3)  # draws | coins | final | 2 per record
+        s_logits = [student.append([[r.pending] for r in rows])[:, -1, :v]]  # K+1 x [B, V]
+        s_probs, drafts = [], []
+        for j in range(k):  # the student drafts from S, one forward per token
+            s_probs.append(self.sampling.probs(s_logits[j]))
+            drafts.append(sample_from(s_probs[j], u[:, j : j + 1].to(s_probs[j].device)).squeeze(-1))
+            s_logits.append(student.append(drafts[j][:, None].tolist())[:, -1, :v])
+        s_probs.append(self.sampling.probs(s_logits[k]))
+        draft = torch.stack(drafts, 1) if k else torch.zeros(n_rows, 0, dtype=torch.long)  # [B, K]
+        # The teacher scores pending + drafts in one pass; a student-only token is several teacher tokens.
+        pieces = [
+            [self.alignment.to_teacher([t]) for t in [r.pending, *d]]
+            for r, d in zip(rows, draft.tolist(), strict=True)
+        ]
+        t_rows = [[t for p in row for t in p] for row in pieces]
+        width = max(len(r) for r in t_rows)
+        t_all = teacher.append(t_rows, keep=width)  # [B, W, Vt]; rows right-aligned in the block
+        ends = torch.tensor(
+            [
+                [width - len(t) + e - 1 for e in _cumsum([len(p) for p in row])]
+                for row, t in zip(pieces, t_rows, strict=True)
+            ]
+        )
+        t_logits = t_all[torch.arange(n_rows)[:, None], ends.to(t_all.device)]  # [B, K+1, Vt]
+        self.stats.update(
+            student_forwards=self.stats["student_forwards"] + k + 1,
+            teacher_forwards=self.stats["teacher_forwards"] + 1,
+        )
+        # P at each of the K+1 positions, from the closed form.
+        s_logits_all = torch.stack(s_logits, 1)  # [B, K+1, V]
+        proposal = self.sampling.probs(self.alignment.teacher_logits_to_student(t_logits.flatten(0, 1)))
+        student_p = torch.stack(s_probs, 1).flatten(0, 1)  # [B(K+1), V]
+        score = s_logits_all.flatten(0, 1).softmax(-1) if self.rsd.score == "raw" else student_p
+        alpha = self.rsd.rule(score, proposal)
+        target = rsd_probs(proposal, alpha, student_p, self.rsd.trials)  # [B(K+1), V] float64
+        shape = (n_rows, k + 1, v)
+        u = u.to(target.device)
+        accepted, final = speculative_verify(
+            target.view(shape), student_p.view(shape)[:, :k], draft, u[:, k : 2 * k + 1]
+        )
+        tokens = torch.cat([draft, final[:, None]], 1)  # [B, K+1]; row i emits tokens[i, : accepted[i] + 1]
+        tokens[torch.arange(n_rows), accepted] = final
+        # Records for every position (only the emitted ones are kept).
+        flat = tokens.flatten()
+        pick = lambda dist: dist.gather(-1, flat[:, None]).squeeze(-1)  # noqa: E731
+        mass = (proposal * alpha).sum(-1)
+        fallback, tried = rsd_explain(
+            mass, pick(student_p), pick(target), self.rsd.trials, u[:, 2 * k + 1 :].reshape(-1, 2)
+        )
+        records = torch.stack(
+            [flat.double(), pick(proposal).double(), pick(score).double(), fallback.double(), tried.double()],
+            1,
+        )
+        records = records.view(n_rows, k + 1, 5).tolist()
+        kept = accepted.tolist()
+        self.stats.update(
+            tokens=self.stats["tokens"] + sum(kept) + n_rows,
+            drafted=self.stats["drafted"] + k * n_rows,
+            accepted=self.stats["accepted"] + sum(kept),
+        )
+        student.rollback([k - n for n in kept])  # rejected drafts
+        teacher.rollback([sum(len(p) for p in row[n + 1 :]) for row, n in zip(pieces, kept, strict=True)])
+        return [r[: n + 1] for r, n in zip(records, kept, strict=True)]
+
     def _record(self, row: _Row, record: list[float]) -> bool:
         """Append one emitted token to the row's trace; True when the row is finished."""
         token, proposal_p, a, fallback, tried = record
@@ -225,6 +357,14 @@ class Engine:
         window = max(len(s) for s in self.stop_strings) + 8  # a token covers at least one character
         tail = self.tokenizer.decode(ids[-window:], skip_special_tokens=False)
         return any(s in tail for s in self.stop_strings)
+
+
+def _cumsum(xs: list[int]) -> list[int]:
+    out, total = [], 0
+    for x in xs:
+        total += x
+        out.append(total)
+    return out
 
 
 def _cat(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:

@@ -98,6 +98,13 @@ class GenerateConfig:
         default=False, metadata={"help": "Build T and S from raw logits (temperature and top-p not applied)."}
     )
     batch_size: int = field(default=16, metadata={"help": "Samples generated together."})
+    speculate: int = field(
+        default=0,
+        metadata={
+            "help": "Speculative RSD: the student drafts K tokens, the teacher verifies them in one pass; "
+            "same distribution, fewer teacher passes (0 = off)."
+        },
+    )
     seed: int = field(
         default=0,
         metadata={"help": "Run seed; each sample's seed derives from (seed, question id, sample index)."},
@@ -142,6 +149,7 @@ class GenerateConfig:
             (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
             (self.top_k >= 0, "top_k", ">= 0"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+            (self.speculate >= 0, "speculate", "an integer >= 0"),
             (self.score in ("raw", "processed"), "score", "'raw' or 'processed'"),
             (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
             (0 <= self.min_vocab_overlap <= 1, "min_vocab_overlap", "in [0, 1]"),
@@ -200,12 +208,13 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
         s_tok,
         teacher,
         alignment,
-        config.sampling(),
-        RSD(config.acceptance_rule(), config.trials, config.score),
-        config.max_new_tokens,
-        config.max_length,
-        tuple(config.stop_strings),
-        config.batch_size,
+        sampling=config.sampling(),
+        rsd=RSD(config.acceptance_rule(), config.trials, config.score),
+        max_new_tokens=config.max_new_tokens,
+        max_length=config.max_length,
+        stop_strings=tuple(config.stop_strings),
+        batch_size=config.batch_size,
+        speculate=config.speculate,
     )
     store.open_run(config.run, to_dict(config), ignore=OPERATIONAL)  # inputs are valid: register the run
     system = config.system_prompt or None
@@ -236,6 +245,7 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
     bar.close()
     summary = summarize(store, config.run)
     summary.update(
+        engine=engine.stats,
         new_samples=len(requests),
         new_tokens=tokens,
         wall_seconds=time.perf_counter() - started,

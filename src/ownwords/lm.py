@@ -77,6 +77,8 @@ class CachedBatch:
             self.mask = self.mask.new_zeros(len(rows), 0)
             self.next_pos = self.next_pos.new_zeros(len(rows))
         width = max(len(r) for r in rows)
+        if width == 0:  # nothing to add (e.g. one-token prompts before a speculative block)
+            return torch.empty(len(rows), 0, 0, device=self.device)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         block = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -117,6 +119,36 @@ class CachedBatch:
             a.values = torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)])
         self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
+
+    def rollback(self, counts: list[int]) -> None:
+        """Turn each row's last `counts[i]` real tokens into holes (rejected drafts): they stay in the
+        cache but are masked out, and the row's next position steps back over them."""
+        for i, count in enumerate(counts):
+            if count:
+                real = self.mask[i].nonzero().squeeze(-1)[-count:]
+                self.mask[i, real] = 0
+        self.next_pos = self.next_pos - torch.tensor(counts, device=self.device)
+        used = self.mask.any(0).nonzero()
+        end = int(used[-1]) + 1 if len(used) else 0
+        if end < self.mask.shape[1]:  # columns no row uses any more, at the right end
+            self.cache.crop(end - self.mask.shape[1])
+            self.mask = self.mask[:, :end]
+        if self.mask.shape[1] > 2 * int(self.next_pos.max()) + 64:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the holes: gather each row's real tokens into a fresh left-padded layout."""
+        lengths = self.mask.sum(1)  # [B]
+        width = int(lengths.max())
+        index = torch.zeros(len(self), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(index)
+        for i, n in enumerate(lengths.tolist()):
+            index[i, width - n :] = self.mask[i].nonzero().squeeze(-1)
+            mask[i, width - n :] = 1
+        for layer in self.cache.layers:
+            gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys, layer.values = layer.keys.gather(2, gather), layer.values.gather(2, gather)
+        self.mask = mask
 
     def _trim_left(self) -> None:
         used = self.mask.any(0).nonzero()

@@ -203,7 +203,9 @@ def speculative_verify(
     accepted = keep.long().cumprod(-1).sum(-1)  # [B]: index of the first rejection, or K
     rows = torch.arange(batch, device=draft.device)
     p_last = target[rows, accepted].double()  # [B, V]
-    s_last = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, draft_probs.shape[-1])], 1)[rows, accepted]
+    s_last = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, draft_probs.shape[-1])], 1)[
+        rows, accepted
+    ]
     residual = (p_last - s_last.double()).clamp(min=0.0)  # = P where no draft was rejected (bonus)
     # A rejection where P - S has no positive mass can only come from rounding; P is then the answer.
     residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_last)
