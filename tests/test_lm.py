@@ -45,3 +45,21 @@ def test_load_model_by_path_and_stop_ids(tiny_pair):
     model, tok = load_model(str(student), "cpu", "float32")
     assert stop_token_ids(model, tok) == {tok.eos_token_id, tok.pad_token_id}
     assert not model.training
+
+
+def test_rollback_and_compaction_keep_each_row_exact(tiny_pair):
+    _, student = tiny_pair
+    model = AutoModelForCausalLM.from_pretrained(student).eval()
+    state = CachedBatch(model, pad_id=0)
+    rows = [[5, 9, 33], [7, 8]]
+    state.append(rows)
+    for step in range(40):  # each round: 4 drafts; the rows take turns keeping 1 and all 4
+        state.append([[10 + step, 11, 12, 13], [20 + step, 21, 22, 23]], keep=4)
+        drop = [3, 0] if step % 2 else [0, 3]
+        state.rollback(drop)
+        rows = [rows[0] + [10 + step, 11, 12, 13][: 4 - drop[0]], rows[1] + [20 + step, 21, 22, 23][: 4 - drop[1]]]
+    assert state.compactions > 0  # the holes were squeezed out along the way
+    assert state.next_pos.tolist() == [len(r) for r in rows]
+    logits = state.append([[99], [98]])[:, -1]
+    assert torch.allclose(logits[0], reference_logits(model, rows[0] + [99]), atol=1e-4)
+    assert torch.allclose(logits[1], reference_logits(model, rows[1] + [98]), atol=1e-4)

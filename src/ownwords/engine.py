@@ -153,6 +153,7 @@ class Engine:
             if not rows:
                 return
             emitted = self._step(s_logits, t_logits, [r.generator for r in rows])
+            self.stats["tokens"] += len(rows)
             keep = []
             for i, (row, record) in enumerate(zip(rows, emitted, strict=True)):
                 if self._record(row, record):

@@ -64,6 +64,7 @@ class CachedBatch:
         self.cache = DynamicCache(config=model.config)
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # [B, L]
         self.next_pos = torch.zeros(0, dtype=torch.long, device=self.device)  # [B]
+        self.compactions = 0
 
     def __len__(self) -> int:
         return self.mask.shape[0]
@@ -133,7 +134,8 @@ class CachedBatch:
         if end < self.mask.shape[1]:  # columns no row uses any more, at the right end
             self.cache.crop(end - self.mask.shape[1])
             self.mask = self.mask[:, :end]
-        if self.mask.shape[1] > 2 * int(self.next_pos.max()) + 64:
+        longest = int(self.mask.sum(1).max())
+        if self.mask.shape[1] > longest + max(32, longest // 2):  # over a third of the columns are holes
             self._compact()
 
     def _compact(self) -> None:
@@ -149,6 +151,7 @@ class CachedBatch:
             gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
             layer.keys, layer.values = layer.keys.gather(2, gather), layer.values.gather(2, gather)
         self.mask = mask
+        self.compactions += 1
 
     def _trim_left(self) -> None:
         used = self.mask.any(0).nonzero()

@@ -9,6 +9,7 @@ real pairs such as s1.1-7B / Qwen3-0.6B (DESIGN §4).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +135,49 @@ def make_tiny_pair(
         logger.info("wrote tiny %s (%s, %.1fM parameters) to %s", name, spec.model_type, n_params / 1e6, path)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def arithmetic_chats(n: int, seed: int = 0) -> list[list[dict]]:
+    """Chat conversations with a short, regular reasoning trace and a boxed answer."""
+    rng = random.Random(seed)
+    chats = []
+    for _ in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        answer = (
+            f"<think>\nFirst add {a} and {b}. {a} + {b} = {a + b}. "
+            f"Let me check: {a + b} - {b} = {a}. Correct.\n</think>\nThe answer is \\boxed{{{a + b}}}."
+        )
+        chats.append(
+            [{"role": "user", "content": f"What is {a} + {b}?"}, {"role": "assistant", "content": answer}]
+        )
+    return chats
+
+
+def fit_lm(
+    model, tokenizer, texts: list[str], steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0
+):
+    """Plain next-token training on `texts` (AdamW, linear warm-up then cosine decay); returns losses."""
+    gen = torch.Generator().manual_seed(seed)
+    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / steps)),
+    )
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=gen).tolist()]
+        width = max(len(ids) for ids in batch)
+        ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in batch])
+        labels = torch.tensor([x + [-100] * (width - len(x)) for x in batch])
+        with torch.enable_grad():  # callers may have switched autograd off globally
+            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
