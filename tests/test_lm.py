@@ -57,7 +57,10 @@ def test_rollback_and_compaction_keep_each_row_exact(tiny_pair):
         state.append([[10 + step, 11, 12, 13], [20 + step, 21, 22, 23]], keep=4)
         drop = [3, 0] if step % 2 else [0, 3]
         state.rollback(drop)
-        rows = [rows[0] + [10 + step, 11, 12, 13][: 4 - drop[0]], rows[1] + [20 + step, 21, 22, 23][: 4 - drop[1]]]
+        rows = [
+            rows[0] + [10 + step, 11, 12, 13][: 4 - drop[0]],
+            rows[1] + [20 + step, 21, 22, 23][: 4 - drop[1]],
+        ]
     assert state.compactions > 0  # the holes were squeezed out along the way
     assert state.next_pos.tolist() == [len(r) for r in rows]
     logits = state.append([[99], [98]])[:, -1]
