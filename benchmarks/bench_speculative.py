@@ -108,9 +108,10 @@ def main() -> None:
     best = {}
     for batch in (1, 8):
         plain, plain_stats = run(models, prompts, batch, 0, args.new_tokens)
+        # teacher passes per emitted token of one row (a batched pass serves every row at once)
         print(
             f"batch {batch}: plain RSD {plain:7.1f} tok/s, teacher passes/token "
-            f"{plain_stats['teacher_forwards'] / plain_stats['tokens']:.2f}"
+            f"{plain_stats['teacher_forwards'] * batch / plain_stats['tokens']:.3f}"
         )
         for k in (2, 4, 8):
             tps, st = run(models, prompts, batch, k, args.new_tokens)
@@ -119,7 +120,7 @@ def main() -> None:
             print(
                 f"  K={k}: {tps:7.1f} tok/s  speedup {tps / plain:5.2f}  acceptance {acceptance:.3f}  "
                 f"mean accepted {st['accepted'] / blocks:.2f}/{k}  teacher passes/token "
-                f"{st['teacher_forwards'] / st['tokens']:.3f}"
+                f"{st['teacher_forwards'] * batch / st['tokens']:.3f}"
             )
             if batch == 1 and tps / plain > best.get("speedup", 0):
                 best = dict(speedup=tps / plain, acceptance=acceptance, k=k)
