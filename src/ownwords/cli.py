@@ -15,6 +15,7 @@ commands:
   generate   RSD traces for a question set into a resumable SQLite store
   select     filter the traces (well formed, answer verified) and choose one per question
   export     write the chosen traces as a chat dataset for TRL (jsonl, parquet, save_to_disk, hub)
+  train      fine-tune the student on exported traces (TRL SFTTrainer, s1 recipe defaults)
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
 """
 
@@ -42,6 +43,13 @@ def _export(argv: list[str]) -> None:
     print(f"exported {len(export(config))} traces to {config.out}")
 
 
+def _train(argv: list[str]) -> None:
+    from .config import parse
+    from .train import TrainConfig, train
+
+    print(json.dumps(train(parse(TrainConfig, argv, prog="ownwords train")), indent=2))
+
+
 def _tiny(argv: list[str]) -> None:
     from .tiny import make_tiny_pair
 
@@ -55,7 +63,7 @@ def _tiny(argv: list[str]) -> None:
     print(f"teacher: {teacher}\nstudent: {student}")
 
 
-COMMANDS = {"generate": _generate, "select": _select, "export": _export, "tiny": _tiny}
+COMMANDS = {"generate": _generate, "select": _select, "export": _export, "train": _train, "tiny": _tiny}
 
 
 def main(argv: list[str] | None = None) -> int:
