@@ -16,6 +16,7 @@ commands:
   select     filter the traces (well formed, answer verified) and choose one per question
   export     write the chosen traces as a chat dataset for TRL (jsonl, parquet, save_to_disk, hub)
   train      fine-tune the student on exported traces (TRL SFTTrainer, s1 recipe defaults)
+  eval       reasoning benchmarks (AIME24/25, MATH500, GPQA-Diamond, GSM8K, AMC23): pass@1, pass@k, maj@n
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
 """
 
@@ -50,6 +51,15 @@ def _train(argv: list[str]) -> None:
     print(json.dumps(train(parse(TrainConfig, argv, prog="ownwords train")), indent=2))
 
 
+def _eval(argv: list[str]) -> None:
+    from .config import parse
+    from .evaluate import EvalConfig, evaluate, table
+
+    config = parse(EvalConfig, argv, prog="ownwords eval")
+    print(table(evaluate(config), config.benchmarks))
+    print(f"results in {config.out}/results.json")
+
+
 def _tiny(argv: list[str]) -> None:
     from .tiny import make_tiny_pair
 
@@ -63,7 +73,14 @@ def _tiny(argv: list[str]) -> None:
     print(f"teacher: {teacher}\nstudent: {student}")
 
 
-COMMANDS = {"generate": _generate, "select": _select, "export": _export, "train": _train, "tiny": _tiny}
+COMMANDS = {
+    "generate": _generate,
+    "select": _select,
+    "export": _export,
+    "train": _train,
+    "eval": _eval,
+    "tiny": _tiny,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

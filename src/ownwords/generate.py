@@ -237,7 +237,7 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
     started, tokens, fallbacks = time.perf_counter(), 0, 0
     bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not config.progress or None)
     for trace in engine.run(requests):
-        store.add(config.run, _record(trace, by_id[trace.request.question_id], s_tok, engine.stop_ids))
+        store.add(config.run, trace_record(trace, by_id[trace.request.question_id], s_tok, engine.stop_ids))
         tokens, fallbacks = tokens + len(trace.token_ids), fallbacks + sum(trace.fallbacks)
         elapsed = time.perf_counter() - started
         bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", fallback=f"{fallbacks / max(tokens, 1):.3f}")
@@ -255,7 +255,7 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
     return summary
 
 
-def _record(trace: Trace, question, tokenizer, stop_ids: set[int]) -> dict:
+def trace_record(trace: Trace, question, tokenizer, stop_ids: set[int]) -> dict:
     """The store row of a finished trace; text is decoded once, here, without the closing EOS."""
     ids = trace.token_ids
     body = ids[:-1] if trace.finish_reason == "eos" and ids and ids[-1] in stop_ids else ids
