@@ -16,6 +16,7 @@ commands:
   select     filter the traces (well formed, answer verified) and choose one per question
   export     write the chosen traces as a chat dataset for TRL (jsonl, parquet, save_to_disk, hub)
   train      fine-tune the student on exported traces (TRL SFTTrainer, s1 recipe defaults)
+  analyze    score traces under students: low-probability tokens, plots, cross-model matrix, HTML view
   eval       reasoning benchmarks (AIME24/25, MATH500, GPQA-Diamond, GSM8K, AMC23): pass@1, pass@k, maj@n
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
 """
@@ -60,6 +61,17 @@ def _eval(argv: list[str]) -> None:
     print(f"results in {config.out}/results.json")
 
 
+def _analyze(argv: list[str]) -> None:
+    from .analyze import AnalyzeConfig, analyze
+    from .config import parse
+
+    config = parse(AnalyzeConfig, argv, prog="ownwords analyze")
+    analysis = analyze(config)
+    for name, row in analysis["matrix"].items():
+        print(name, {s: f"{100 * v:.2f}%" for s, v in row.items()})
+    print(f"report in {config.out}/report.md")
+
+
 def _tiny(argv: list[str]) -> None:
     from .tiny import make_tiny_pair
 
@@ -79,6 +91,7 @@ COMMANDS = {
     "export": _export,
     "train": _train,
     "eval": _eval,
+    "analyze": _analyze,
     "tiny": _tiny,
 }
 
