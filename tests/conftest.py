@@ -1,5 +1,6 @@
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,25 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the benchmark copies live in ../shared/data beside the repo)")
     return path
+
+
+@contextmanager
+def crash_after(n: int):
+    """Within the block, the (n+1)-th sample written to any trace store raises KeyboardInterrupt
+    (a user's Ctrl-C mid-run); the first n are written normally."""
+    from ownwords.store import TraceStore
+
+    original, written = TraceStore.add, []
+
+    def add(self, run, record):
+        if len(written) == n:
+            raise KeyboardInterrupt
+        written.append(record)
+        original(self, run, record)
+
+    TraceStore.add = add
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        TraceStore.add = original

@@ -4,7 +4,7 @@ import itertools
 import json
 
 import pytest
-from conftest import SHARED_DATA, shared_data
+from conftest import SHARED_DATA, crash_after, shared_data
 
 from ownwords.cli import main
 from ownwords.evaluate import REGISTRY, EvalConfig, evaluate, load_benchmark, metrics, pass_at_k
@@ -122,26 +122,16 @@ def test_end_to_end_writes_records_results_and_table(tiny_pair, bench_files, tmp
         assert len(lines) == 6 and {"response", "answer", "correct", "gold"} <= set(json.loads(lines[0]))
 
 
-def test_resume_after_interruption(tiny_pair, bench_files, tmp_path, monkeypatch):
+def test_resume_after_interruption(tiny_pair, bench_files, tmp_path):
     from ownwords.config import parse
 
     full = evaluate(parse(EvalConfig, eval_args(tiny_pair[1], bench_files, tmp_path / "full"), "t"))
-    original, calls = TraceStore.add, {"n": 0}
-
-    def crash(self, run, record):
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        original(self, run, record)
-
-    monkeypatch.setattr(TraceStore, "add", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after(4):
         evaluate(
             parse(
                 EvalConfig, eval_args(tiny_pair[1], bench_files, tmp_path / "part", "--batch-size", "1"), "t"
             )
         )
-    monkeypatch.setattr(TraceStore, "add", original)
     resumed = evaluate(parse(EvalConfig, eval_args(tiny_pair[1], bench_files, tmp_path / "part"), "t"))
     assert resumed == full
     tag = next(p.name for p in (tmp_path / "part").iterdir() if p.is_dir())

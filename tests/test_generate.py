@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from conftest import crash_after
 
 from ownwords.cli import main
 from ownwords.config import parse
@@ -88,23 +89,12 @@ def test_generate_writes_store_and_summary(tiny_pair, questions_file, tmp_path, 
     assert rows(store) == records
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_store(tiny_pair, questions_file, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_uninterrupted_store(tiny_pair, questions_file, tmp_path):
     full = tmp_path / "full.sqlite"
     generate(parse(GenerateConfig, argv(tiny_pair, questions_file, full), "t"))
     part = tmp_path / "part.sqlite"
-    original = TraceStore.add
-    calls = {"n": 0}
-
-    def crash_after_3(self, run, record):
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        original(self, run, record)
-
-    monkeypatch.setattr(TraceStore, "add", crash_after_3)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_after(3):
         generate(parse(GenerateConfig, argv(tiny_pair, questions_file, part, "--batch-size", "4"), "t"))
-    monkeypatch.setattr(TraceStore, "add", original)
     assert len(rows(part)) == 3
     generate(parse(GenerateConfig, argv(tiny_pair, questions_file, part, "--batch-size", "2"), "t"))
     assert_same_rows(rows(part), rows(full))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .data import build_prompt, load_rows
-from .lm import DTYPES, CachedBatch, load_model, logits_width
+from .lm import DTYPES, CachedBatch, load_model, logits_width, padding_id
 from .store import TraceStore
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def score_set(
     """Per-token probabilities of each trace under `model`; stored ids are used when the model is the
     trace's own student, otherwise prompt and text are re-tokenised with the model's chat template."""
     vocab = min(len(tokenizer), logits_width(model))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(model, tokenizer)
     inputs = []
     for t in traces:
         if own_tokens(t, model_name):

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .store import StoreError
 
@@ -18,6 +19,7 @@ commands:
   train      fine-tune the student on exported traces (TRL SFTTrainer, s1 recipe defaults)
   analyze    score traces under students: low-probability tokens, plots, cross-model matrix, HTML view
   eval       reasoning benchmarks (AIME24/25, MATH500, GPQA-Diamond, GSM8K, AMC23): pass@1, pass@k, maj@n
+  demo       the whole loop on tiny models trained here: RSD vs teacher traces, SFT, eval, analysis (minutes, CPU)
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
 """
 
@@ -72,6 +74,15 @@ def _analyze(argv: list[str]) -> None:
     print(f"report in {config.out}/report.md")
 
 
+def _demo(argv: list[str]) -> None:
+    from .config import parse
+    from .demo import DemoConfig, run_demo
+
+    config = parse(DemoConfig, argv, prog="ownwords demo")
+    run_demo(config)
+    print((Path(config.out) / "report.md").read_text())
+
+
 def _tiny(argv: list[str]) -> None:
     from .tiny import make_tiny_pair
 
@@ -92,6 +103,7 @@ COMMANDS = {
     "train": _train,
     "eval": _eval,
     "analyze": _analyze,
+    "demo": _demo,
     "tiny": _tiny,
 }
 

@@ -15,7 +15,7 @@ from itertools import islice
 
 import torch
 
-from .lm import CachedBatch, logits_width, stop_token_ids
+from .lm import CachedBatch, logits_width, padding_id, stop_token_ids
 from .sampling import (
     AcceptanceRule,
     probs_from_logits,
@@ -121,12 +121,8 @@ class Engine:
         self.vocab = (
             alignment.student_size if alignment else min(len(student_tokenizer), logits_width(student))
         )
-        pad = student_tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else min(self.stop_ids)
-        self.teacher_pad_id = self.pad_id
-        if alignment is not None:
-            tpad = alignment.teacher_tokenizer.pad_token_id
-            self.teacher_pad_id = tpad if tpad is not None else alignment.teacher_tokenizer.eos_token_id or 0
+        self.pad_id = padding_id(student, student_tokenizer)
+        self.teacher_pad_id = padding_id(teacher, alignment.teacher_tokenizer) if alignment else self.pad_id
 
     def run(self, requests: Iterable[Request]) -> Iterator[Trace]:
         """Generate every request; yields traces as they finish (not in request order)."""
@@ -138,7 +134,7 @@ class Engine:
         student, teacher = self._states()
         s_logits = t_logits = None  # [B, V] at each row's next position
         while True:
-            fresh = [r for r in islice(pending, self.batch_size - len(rows))]
+            fresh = list(islice(pending, self.batch_size - len(rows)))
             if fresh:
                 admitted, too_long = self._admit(fresh)
                 yield from too_long

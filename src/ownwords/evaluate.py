@@ -52,6 +52,8 @@ REGISTRY = {
         ),
         Benchmark("gsm8k", ("openai/gsm8k", "main", "test"), "number", ("gsm8k_test.jsonl",)),
         Benchmark("amc23", ("math-ai/amc23", None, "test"), "math", ("amc23.jsonl",)),
+        # the demo's synthetic task (ownwords.demo); local files only
+        Benchmark("arithmetic", ("", None, ""), "integer", ("arithmetic_test.jsonl",)),
     )
 }
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -93,6 +95,9 @@ class EvalConfig:
         default="", metadata={"help": "Text after the assistant turn's opening, e.g. '<think>\\n'."}
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System prompt (none by default)."})
+    instruction: bool = field(
+        default=True, metadata={"help": "Append the benchmark's answer-format instruction to each question."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Responses generated together."})
     limit: int | None = field(
         default=None, metadata={"help": "Only the first n questions of each benchmark."}
@@ -168,9 +173,13 @@ def _split(values) -> list[str]:
 # -- benchmarks ---------------------------------------------------------------------------------
 
 
-def load_benchmark(name: str, path: str | None = None, limit: int | None = None) -> list[Question]:
+def load_benchmark(
+    name: str, path: str | None = None, limit: int | None = None, instruction: bool = True
+) -> list[Question]:
     """A benchmark's questions (the prompt text the model sees) with gold answers in its answer kind."""
     bench = REGISTRY[name]
+    if path is None and not bench.hub[0]:
+        raise ValueError(f"benchmark {name!r} has no hub copy; give its file with --data")
     if path is not None:
         rows = load_rows(path)
     else:
@@ -181,8 +190,9 @@ def load_benchmark(name: str, path: str | None = None, limit: int | None = None)
     source = path or bench.hub[0]
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    make = _choice_question if bench.kind == "choice" else _open_question
-    return [make(source, i, row) for i, row in enumerate(rows)]
+    if bench.kind == "choice":
+        return [_choice_question(source, i, row) for i, row in enumerate(rows)]
+    return [_open_question(source, i, row, instruction) for i, row in enumerate(rows)]
 
 
 def _field(source: str, row: dict, names: tuple[str, ...], what: str, index: int):
@@ -192,11 +202,11 @@ def _field(source: str, row: dict, names: tuple[str, ...], what: str, index: int
     raise ValueError(f"{source}: row {index} has no {what} (looked for {list(names)}; it has {sorted(row)})")
 
 
-def _open_question(source: str, index: int, row: dict) -> Question:
+def _open_question(source: str, index: int, row: dict, instruction: bool = True) -> Question:
     question = _field(source, row, ("problem", "question", "Question"), "question", index)
     answer = _field(source, row, ("answer", "Answer"), "answer", index)
     qid = str(row.get("id", row.get("unique_id", index)))
-    return Question(qid, f"{question}\n\n{INSTRUCTION}", str(answer))
+    return Question(qid, f"{question}\n\n{INSTRUCTION}" if instruction else str(question), str(answer))
 
 
 def _choice_question(source: str, index: int, row: dict) -> Question:
@@ -262,7 +272,9 @@ def _majority(verdicts: list[bool], answers: list[str | None]) -> bool:
 def evaluate(config: EvalConfig) -> dict:
     """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
     paths = config.data_paths()
-    questions = {b: load_benchmark(b, paths.get(b), config.limit) for b in config.benchmarks}
+    questions = {
+        b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
+    }
     results = {}
     for model_name in config.models:
         results[model_name] = _evaluate_model(config, model_name, questions)
@@ -314,6 +326,7 @@ def _run(config, store, model, tokenizer, bench, questions, temperature):
         generation_prefix=config.generation_prefix,
         seed=config.seed,
         dtype=config.dtype,
+        instruction=config.instruction,
     )
     store.open_run(run, identity)
     done = store.done(run)

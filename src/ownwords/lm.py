@@ -51,6 +51,15 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def padding_id(model, tokenizer) -> int:
+    """The id to fill padding positions with (they are masked, so any real token would do): the
+    tokenizer's pad token, else its EOS token, else the generation config's first EOS id."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return min(stop_token_ids(model, tokenizer))
+
+
 def logits_width(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 

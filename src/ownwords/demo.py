@@ -1,0 +1,345 @@
+"""`ownwords demo`: the whole loop on a laptop, in minutes.
+
+A synthetic reasoning task (a + b - c, answer boxed) and two tiny models trained here on CPU: a
+bigger teacher that reasons in a verbose, varied style (paraphrases, "wait, let me verify", filler)
+and a much smaller student first trained on a terse style of its own. Then the real pipeline,
+through the same library functions the CLI uses: RSD traces and teacher-only traces -> select ->
+export -> SFT of two copies of the student with the same budget -> eval of base / SFT-on-teacher /
+SFT-on-RSD on held-out questions -> analyze both trace sets under the student -> report.md.
+Whether the paper's effect shows at this scale is reported as measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .analyze import AnalyzeConfig, analyze
+from .evaluate import EvalConfig, evaluate
+from .export import ExportConfig, export
+from .generate import GenerateConfig, generate
+from .select import SelectConfig, select
+from .tiny import TinySpec, build_model, fit_lm, train_tokenizer
+from .train import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scale:
+    train_questions: int
+    test_questions: int
+    samples: int  # per training question, per trace set
+    teacher_steps: int
+    student_steps: int
+    sft_steps: int
+    teacher: TinySpec = TinySpec("qwen3", 128, 3, 4, 2, 384, logit_scale=1.0)
+    student: TinySpec = TinySpec("llama", 48, 2, 4, 2, 96, logit_scale=1.0)
+
+
+SCALES = {
+    "full": Scale(
+        train_questions=400,
+        test_questions=200,
+        samples=2,
+        teacher_steps=3000,
+        student_steps=320,
+        sft_steps=120,
+    ),
+    "quick": Scale(
+        train_questions=120, test_questions=80, samples=2, teacher_steps=1200, student_steps=320, sft_steps=60
+    ),
+}
+
+
+@dataclass
+class DemoConfig:
+    out: str = field(
+        default="ownwords-demo", metadata={"help": "Where the report, data, models and plots go."}
+    )
+    quick: bool = field(default=False, metadata={"help": "One seed, smaller everything (about 3 minutes)."})
+    seeds: int = field(default=3, metadata={"help": "SFT seeds per arm (the report gives mean and spread)."})
+    fresh: bool = field(default=False, metadata={"help": "Retrain the cached tiny teacher and student."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Model cache (default ~/.cache/ownwords/demo)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"--seeds is {self.seeds}; expected >= 1")
+        if self.quick:
+            self.seeds = 1
+
+
+# -- the task -----------------------------------------------------------------------------------
+
+
+def problem(rng: random.Random) -> tuple[str, int, int, int]:
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    c = rng.randint(1, a + b - 1)
+    return f"What is {a} + {b} - {c}?", a, b, c
+
+
+def terse(a: int, b: int, c: int) -> str:
+    s = a + b
+    return f"<think>\n{a} + {b} = {s}. {s} - {c} = {s - c}.\n</think>\nThe answer is \\boxed{{{s - c}}}."
+
+
+def verbose(a: int, b: int, c: int, rng: random.Random) -> str:
+    s, r = a + b, a + b - c
+    pick = rng.choice
+    parts = [
+        pick(
+            [
+                "Alright, let me work through this carefully.",
+                "Okay, so we need to combine these numbers.",
+                "Let me think about this step by step.",
+                "Hmm, this needs two operations.",
+            ]
+        ),
+        pick(
+            [
+                f"First, I add {a} and {b}, which gives {s}.",
+                f"Adding {a} to {b}, I get {s}.",
+                f"Starting with {a} plus {b}: that makes {s}.",
+            ]
+        ),
+        pick(
+            [
+                f"Wait, let me verify: {s} minus {b} is {a}. Yes.",
+                f"Hmm, double-check: {a} + {b} is indeed {s}.",
+                "That looks right so far.",
+            ]
+        ),
+        pick(
+            [
+                f"Now subtract {c}: {s} - {c} = {r}.",
+                f"Then I take away {c} from {s}, leaving {r}.",
+                f"Next, {s} minus {c} equals {r}.",
+            ]
+        ),
+        pick(
+            [
+                f"Let me verify once more: {r} + {c} = {s}. Good.",
+                f"Wait, is that right? {r} plus {c} gives {s}, so yes.",
+                "",
+            ]
+        ),
+    ]
+    closer = pick(["So the final answer is", "Therefore, the answer is", "The answer is"])
+    return "<think>\n" + " ".join(p for p in parts if p) + f"\n</think>\n{closer} \\boxed{{{r}}}."
+
+
+def write_split(path: Path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        question, a, b, c = problem(rng)
+        rows.append({"id": f"{path.stem}-{i}", "question": question, "answer": str(a + b - c)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# -- the models ---------------------------------------------------------------------------------
+
+
+def tiny_pair(cache: Path, scale: Scale, fresh: bool) -> tuple[Path, Path]:
+    """Teacher (verbose, accurate) and student (terse, weaker), one shared tokenizer. Each model is
+    cached under a name that records its architecture and training steps, so a changed scale retrains."""
+    rng = random.Random(0)
+    examples = [problem(rng)[1:] for _ in range(4000)]
+    texts = {
+        "teacher": [verbose(a, b, c, rng) for a, b, c in examples],
+        "student": [terse(a, b, c) for a, b, c in examples],
+    }
+    tokenizer = train_tokenizer(
+        texts["teacher"] + texts["student"], vocab_size=600, added_tokens=("<think>", "</think>")
+    )
+    paths = []
+    for name, spec, steps in (
+        ("teacher", scale.teacher, scale.teacher_steps),
+        ("student", scale.student, scale.student_steps),
+    ):
+        path = cache / f"{name}-{spec.model_type}-{spec.hidden_size}x{spec.num_hidden_layers}-{steps}steps"
+        paths.append(path)
+        if fresh and path.exists():
+            shutil.rmtree(path)
+        if (path / "model.safetensors").exists():
+            continue
+        model = build_model(spec, tokenizer, seed=1 if name == "teacher" else 2)
+        chats = [
+            tokenizer.apply_chat_template(
+                [
+                    {"role": "user", "content": f"What is {a} + {b} - {c}?"},
+                    {"role": "assistant", "content": t},
+                ],
+                tokenize=False,
+            )
+            for (a, b, c), t in zip(examples, texts[name], strict=True)
+        ]
+        losses = fit_lm(model, tokenizer, chats, steps, batch_size=16, lr=3e-3)
+        logger.info("demo %s: %d steps, loss %.3f -> %.3f", name, steps, losses[0], sum(losses[-10:]) / 10)
+        tokenizer.save_pretrained(path)
+        model.save_pretrained(path)  # written last: its presence marks a complete cache entry
+    return paths[0], paths[1]
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def run_demo(config: DemoConfig) -> dict:
+    scale = SCALES["quick" if config.quick else "full"]
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(
+        config.cache_dir
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
+    )
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    teacher, student = stage("models", tiny_pair, cache, scale, config.fresh)
+    data = out / "data"
+    data.mkdir(exist_ok=True)
+    write_split(data / "arithmetic_train.jsonl", scale.train_questions, seed=1)
+    write_split(data / "arithmetic_test.jsonl", scale.test_questions, seed=2)
+    store = out / "traces.sqlite"
+    summaries, selections, datasets = {}, {}, {}
+    for run, threshold in (("rsd", 0.01), ("teacher", 0.0)):
+        gen = GenerateConfig(
+            teacher=str(teacher),
+            student=str(student),
+            questions=str(data / "arithmetic_train.jsonl"),
+            samples=scale.samples,
+            threshold=threshold,
+            max_new_tokens=96,
+            temperature=0.7,
+            top_p=0.95,
+            batch_size=32,
+            system_prompt="",
+            generation_prefix="<think>\n",
+            store=str(store),
+            run=run,
+            progress=False,
+        )
+        summaries[run] = stage("generate", generate, gen)
+        selections[run] = stage("select", select, SelectConfig(store=str(store), run=run))
+        datasets[run] = data / f"sft_{run}.jsonl"
+        stage(
+            "export", export, ExportConfig(store=str(store), run=run, out=str(datasets[run]), overwrite=True)
+        )
+    models = {"base": str(student)}
+    for seed in range(config.seeds):
+        for run in ("teacher", "rsd"):
+            target = out / "models" / f"sft-{run}-seed{seed}"
+            cfg = TrainConfig(
+                model=str(student),
+                dataset=str(datasets[run]),
+                output_dir=str(target),
+                max_steps=scale.sft_steps,
+                learning_rate=3e-4,
+                effective_batch_size=8,
+                seed=seed,
+                use_cpu=True,
+                max_length=256,
+                disable_tqdm=True,
+                save_only_model=True,
+            )
+            stage("train", train, cfg)
+            models[f"sft-{run}-seed{seed}"] = str(target)
+    ev = EvalConfig(
+        models=list(models.values()),
+        benchmarks=["arithmetic"],
+        data=[str(data / "arithmetic_test.jsonl")],
+        temperatures=["0"],
+        max_new_tokens=96,
+        instruction=False,
+        generation_prefix="<think>\n",
+        batch_size=40,
+        out=str(out / "eval"),
+        progress=False,
+    )
+    results = stage("eval", evaluate, ev)
+    analysis = stage(
+        "analyze",
+        analyze,
+        AnalyzeConfig(students=[str(student)], store=str(store), out=str(out / "analysis")),
+    )
+    accuracy = {
+        name: results[path]["arithmetic"]["temperatures"]["0.0"]["pass@1"] for name, path in models.items()
+    }
+    summary = dict(
+        scale=scale.__dict__ | {"teacher": scale.teacher.__dict__, "student": scale.student.__dict__},
+        seeds=config.seeds,
+        accuracy=accuracy,
+        generation=summaries,
+        selection=selections,
+        low_probability=analysis["matrix"],
+        timings=timings,
+    )
+    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(demo_report(summary))
+    return summary
+
+
+def _arm(accuracy: dict, arm: str) -> tuple[float, float]:
+    values = [v for k, v in accuracy.items() if k.startswith(f"sft-{arm}-")]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def demo_report(summary: dict) -> str:
+    acc = summary["accuracy"]
+    th = {run: s for run, s in summary["generation"].items()}
+    rows = [
+        ("base student", acc["base"], 0.0),
+        ("SFT on teacher traces", *_arm(acc, "teacher")),
+        ("SFT on RSD traces", *_arm(acc, "rsd")),
+    ]
+    lines = [
+        "# ownwords demo",
+        "",
+        "A tiny verbose teacher, a tiny terse student, a synthetic task (a + b - c). RSD traces vs teacher-only",
+        "traces, each used to fine-tune the same student with the same budget; accuracy on held-out questions",
+        f"(greedy, {summary['scale']['test_questions']} questions; mean ± standard deviation over {summary['seeds']} seed(s)).",
+        "",
+        "| student | accuracy |",
+        "|---|---|",
+        *[f"| {name} | {100 * mean:.1f}% ± {100 * sd:.1f} |" for name, mean, sd in rows],
+        "",
+        "## The traces",
+        "",
+        "| trace set | correct / generated | questions covered | fallback rate | tokens/s | tokens under p_th for the student |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in ("rsd", "teacher"):
+        low = next(iter(summary["low_probability"][run].values()))
+        sel = summary["selection"][run]
+        lines.append(
+            f"| {run} | {sel['samples_passed']} / {sel['samples']} | {sel['questions_covered']} / {sel['questions']} | "
+            f"{th[run]['fallback_rate']:.3f} | "
+            f"{th[run]['tokens_per_second']:.0f} | {100 * low:.2f}% |"
+        )
+    lines += [
+        "",
+        "## Wall time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in summary["timings"].items()],
+        "",
+        "Plots and the token-by-token view: [analysis/report.md](analysis/report.md), "
+        "[analysis/traces.html](analysis/traces.html); evaluation records in `eval/`.",
+        "",
+    ]
+    return "\n".join(lines)
