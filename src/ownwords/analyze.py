@@ -160,7 +160,7 @@ def _load_from_disk(path: str):
 # -- scoring ------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_tokens(
     model, vocab: int, pad_id: int, prompts: list[list[int]], traces: list[list[int]], chunk: int = 512
 ) -> list[list[float]]:

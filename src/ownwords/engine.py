@@ -199,7 +199,7 @@ class Engine:
         t_logits = teacher.append([self.alignment.to_teacher(p) for p in prompts])[:, -1]
         return student, teacher, (s_logits, t_logits)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _step(self, s_logits: torch.Tensor, t_logits: torch.Tensor | None, generators) -> list[list[float]]:
         """One token for every row -> per row [token, T(x), a(x), fallback, trials]."""
         s_logits = s_logits[:, : self.vocab]  # [B, Vs]; padded embedding columns ignored
@@ -262,7 +262,7 @@ class Engine:
                 student.select(index)
                 teacher.select(index)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _block(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch) -> list[list[list[float]]]:
         """One speculative block for every row -> per row the emitted records [token, T, a, fallback, trials]."""
         k, n_rows, v = self.speculate, len(rows), self.vocab

@@ -78,7 +78,7 @@ class CachedBatch:
     def __len__(self) -> int:
         return self.mask.shape[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def append(self, rows: list[list[int]], keep: int = 1) -> torch.Tensor:
         """Append each row's tokens (a fresh batch: its prompts). Returns float32 logits [B, keep, V] at
         the last `keep` positions of the block (a row's own last tokens, as blocks are right-aligned)."""
@@ -111,6 +111,7 @@ class CachedBatch:
         self.next_pos = self.next_pos + block.sum(-1)
         return out.logits[:, -keep:].float()
 
+    @torch.inference_mode()
     def select(self, index: torch.Tensor) -> None:
         """Keep only rows `index` [B'] (finished rows free their slot), then drop all-padding columns."""
         index = index.to(self.device)
@@ -118,6 +119,7 @@ class CachedBatch:
         self.mask, self.next_pos = self.mask[index], self.next_pos[index]
         self._trim_left()
 
+    @torch.inference_mode()
     def extend(self, other: CachedBatch) -> None:
         """Add `other`'s rows after ours (refilling freed slots); the shorter side is left-padded."""
         if len(self) == 0:
@@ -130,6 +132,7 @@ class CachedBatch:
         self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
 
+    @torch.inference_mode()
     def rollback(self, counts: list[int]) -> None:
         """Turn each row's last `counts[i]` real tokens into holes (rejected drafts): they stay in the
         cache but are masked out, and the row's next position steps back over them."""
