@@ -118,3 +118,15 @@ def test_stop_string_and_length_limits(models):
     assert short.finish_reason == "length" and len(short.token_ids) == 3
     none = next(make_engine(models, 1, max_length=prompt_len).run(reqs))
     assert none.finish_reason == "length" and none.token_ids == []
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_one_token_prompts_join_a_running_batch(models, k):
+    s_tok = models[1]
+    long = requests(models, 2)
+    short = [Request("s", 10 + i, [s_tok.convert_tokens_to_ids("<think>")], seed=50 + i) for i in range(2)]
+    reqs = [long[0], short[0], long[1], short[1]]
+    batched = by_index(make_engine(models, 2, speculate=k).run(reqs))
+    for r in reqs:
+        alone = next(make_engine(models, 1, speculate=k).run([r]))
+        assert batched[r.sample_index].token_ids == alone.token_ids

@@ -100,9 +100,9 @@ def test_first_tokens_follow_the_closed_form(small, k, threshold):
     prompt = prompts(small, 1)[0]
     exact = exact_first_token(small, prompt, threshold, temperature)
     eng = engine(small, k, threshold, batch_size=500, max_new_tokens=1, temperature=temperature)
-    eng.speculate = k  # K = 0 runs the speculative block with no drafts: one token straight from P
+    eng._plain = eng._block  # with K = 0 the speculative block has no drafts: one token straight from P
     reqs = [Request("q", i, prompt, seed=i) for i in range(n)]
-    first = torch.tensor([t.token_ids[0] for t in eng._run_speculative(reqs)])
+    first = torch.tensor([t.token_ids[0] for t in eng.run(reqs)])
     support = int((exact > 1e-4).sum())
     tv = 0.5 * (empirical(first, len(exact)) - exact).abs().sum().item()
     assert tv < tv_bound(n, support), f"TV {tv:.3f} (support {support})"

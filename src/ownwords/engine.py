@@ -83,7 +83,7 @@ class _Row:
     generator: torch.Generator
     budget: int  # new tokens this row may still emit
     started: float
-    pending: int = -1  # speculative path: emitted token not yet fed to the models
+    pending: int = -1  # last token of the context, recorded but not yet fed to the models
 
 
 class Engine:
@@ -125,79 +125,82 @@ class Engine:
         self.teacher_pad_id = padding_id(teacher, alignment.teacher_tokenizer) if alignment else self.pad_id
 
     def run(self, requests: Iterable[Request]) -> Iterator[Trace]:
-        """Generate every request; yields traces as they finish (not in request order)."""
-        if self.speculate:
-            yield from self._run_speculative(requests)
-            return
-        pending = iter(requests)
+        """Generate every request; yields traces as they finish (not in request order).
+
+        Each row carries a `pending` token: the last one of its context (at first, of its prompt)
+        that is recorded but not yet fed to the models. A step feeds it and emits one token (plain
+        RSD) or a speculative block of tokens; a finished row frees its slot for a pending request.
+        """
+        step = self._block if self.speculate else self._plain
+        pending_requests = iter(requests)
         rows: list[_Row] = []
         student, teacher = self._states()
-        s_logits = t_logits = None  # [B, V] at each row's next position
         while True:
-            fresh = list(islice(pending, self.batch_size - len(rows)))
+            fresh = list(islice(pending_requests, self.batch_size - len(rows)))
             if fresh:
                 admitted, too_long = self._admit(fresh)
                 yield from too_long
                 if admitted:
-                    new_s, new_t, logits = self._prefill(admitted)
+                    self._prefill(admitted, student, teacher)
                     rows += admitted
-                    s_logits = _cat(s_logits, logits[0])
-                    student.extend(new_s)
-                    if teacher is not None:
-                        t_logits = _cat(t_logits, logits[1])
-                        teacher.extend(new_t)
             if not rows:
                 return
-            emitted = self._step(s_logits, t_logits, [r.generator for r in rows])
-            self.stats["tokens"] += len(rows)
             keep = []
-            for i, (row, record) in enumerate(zip(rows, emitted, strict=True)):
-                if self._record(row, record):
+            for i, (row, records) in enumerate(zip(rows, step(rows, student, teacher), strict=True)):
+                if any(self._record(row, record) for record in records):
                     yield row.trace
                 else:
+                    row.pending = row.trace.token_ids[-1]
                     keep.append(i)
             if len(keep) < len(rows):
-                index = torch.tensor(keep, dtype=torch.long)
                 rows = [rows[i] for i in keep]
                 if not rows:
-                    (student, teacher), s_logits, t_logits = self._states(), None, None
+                    student, teacher = self._states()
                     continue
+                index = torch.tensor(keep, dtype=torch.long)
                 student.select(index)
-                s_logits = s_logits[index.to(s_logits.device)]
                 if teacher is not None:
                     teacher.select(index)
-                    t_logits = t_logits[index.to(t_logits.device)]
-            last = [[row.trace.token_ids[-1]] for row in rows]
-            s_logits = student.append(last)[:, -1]
-            self.stats["student_forwards"] += 1
-            if teacher is not None:
-                t_logits = teacher.append([self.alignment.to_teacher(ids) for ids in last])[:, -1]
-                self.stats["teacher_forwards"] += 1
 
     def _admit(self, requests: list[Request]) -> tuple[list[_Row], list[Trace]]:
         rows, too_long = [], []
         for req in requests:
             budget = min(self.max_new_tokens, self.max_length - len(req.prompt_ids))
             trace = Trace(req)
-            if budget <= 0:  # the prompt alone fills the context: finished before it started
+            if budget <= 0 or not req.prompt_ids:  # no room to generate: finished before it started
                 trace.finish_reason = "length"
                 too_long.append(trace)
             else:
-                rows.append(_Row(trace, torch.Generator().manual_seed(req.seed), budget, time.perf_counter()))
+                generator = torch.Generator().manual_seed(req.seed)
+                rows.append(_Row(trace, generator, budget, time.perf_counter(), pending=req.prompt_ids[-1]))
         return rows, too_long
 
     def _states(self) -> tuple[CachedBatch, CachedBatch | None]:
         student = CachedBatch(self.student, self.pad_id)
         return student, CachedBatch(self.teacher, self.teacher_pad_id) if self.teacher is not None else None
 
-    def _prefill(self, rows: list[_Row]):
-        prompts = [r.trace.request.prompt_ids for r in rows]
-        student, teacher = self._states()
-        s_logits = student.append(prompts)[:, -1]
-        if teacher is None:
-            return student, None, (s_logits, None)
-        t_logits = teacher.append([self.alignment.to_teacher(p) for p in prompts])[:, -1]
-        return student, teacher, (s_logits, t_logits)
+    def _prefill(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch | None) -> None:
+        """Feed the new rows' prompts but their last token (their first pending one); add them to the batch."""
+        new_s, new_t = self._states()
+        prompts = [r.trace.request.prompt_ids[:-1] for r in rows]
+        new_s.append(prompts)
+        student.extend(new_s)
+        if teacher is not None:
+            new_t.append([self.alignment.to_teacher(p) for p in prompts])
+            teacher.extend(new_t)
+
+    def _plain(
+        self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch | None
+    ) -> list[list[list[float]]]:
+        """Plain RSD: feed every row's pending token, emit one token per row."""
+        s_logits = student.append([[r.pending] for r in rows])[:, -1]
+        self.stats["student_forwards"] += 1
+        t_logits = None
+        if teacher is not None:
+            t_logits = teacher.append([self.alignment.to_teacher([r.pending]) for r in rows])[:, -1]
+            self.stats["teacher_forwards"] += 1
+        self.stats["tokens"] += len(rows)
+        return [[record] for record in self._step(s_logits, t_logits, [r.generator for r in rows])]
 
     @torch.inference_mode()
     def _step(self, s_logits: torch.Tensor, t_logits: torch.Tensor | None, generators) -> list[list[float]]:
@@ -219,52 +222,11 @@ class Engine:
         columns = (tokens, proposal_p, a, fallback, tried)
         return torch.stack([c.double() for c in columns], dim=1).tolist()  # one device sync per step
 
-    def _run_speculative(self, requests: Iterable[Request]) -> Iterator[Trace]:
-        """Speculative RSD: blocks of K student drafts verified against P with one teacher pass.
-
-        Each row carries a `pending` token: emitted, recorded, not yet fed to either model. A block
-        feeds it, drafts K tokens, verifies them, rolls both caches back over the rejected drafts, and
-        leaves the block's last emitted token pending.
-        """
-        pending_requests = iter(requests)
-        rows: list[_Row] = []
-        student, teacher = self._states()
-        while True:
-            fresh = list(islice(pending_requests, self.batch_size - len(rows)))
-            if fresh:
-                admitted, too_long = self._admit(fresh)
-                yield from too_long
-                if admitted:
-                    new_s, new_t = self._states()
-                    prompts = [r.trace.request.prompt_ids for r in admitted]
-                    new_s.append([p[:-1] for p in prompts])  # the last prompt token is the first pending one
-                    new_t.append([self.alignment.to_teacher(p[:-1]) for p in prompts])
-                    for row, prompt in zip(admitted, prompts, strict=True):
-                        row.pending = prompt[-1]
-                    student.extend(new_s)
-                    teacher.extend(new_t)
-                    rows += admitted
-            if not rows:
-                return
-            keep = []
-            for i, (row, records) in enumerate(zip(rows, self._block(rows, student, teacher), strict=True)):
-                if any(self._record(row, record) for record in records):
-                    yield row.trace
-                else:
-                    row.pending = row.trace.token_ids[-1]
-                    keep.append(i)
-            if len(keep) < len(rows):
-                rows = [rows[i] for i in keep]
-                if not rows:
-                    student, teacher = self._states()
-                    continue
-                index = torch.tensor(keep, dtype=torch.long)
-                student.select(index)
-                teacher.select(index)
-
     @torch.inference_mode()
     def _block(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch) -> list[list[list[float]]]:
-        """One speculative block for every row -> per row the emitted records [token, T, a, fallback, trials]."""
+        """Speculative RSD for every row: feed the pending token, let the student draft K tokens from S,
+        score pending + drafts with one teacher pass, verify the drafts against P, roll both caches
+        back over the rejected ones. -> per row the emitted records [token, T, a, fallback, trials]."""
         k, n_rows, v = self.speculate, len(rows), self.vocab
         u = uniforms_for([r.generator for r in rows], 4 * k + 3)  # draws | coins | final | 2 per record
         s_logits = [student.append([[r.pending] for r in rows])[:, -1, :v]]  # K+1 x [B, V]
@@ -362,7 +324,3 @@ def _cumsum(xs: list[int]) -> list[int]:
         total += x
         out.append(total)
     return out
-
-
-def _cat(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    return new if old is None else torch.cat([old, new])
