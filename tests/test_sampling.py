@@ -145,7 +145,8 @@ def test_top_p_matches_a_full_sort_nucleus():
         return out / out.sum(-1, keepdim=True)
 
     gen = torch.Generator().manual_seed(0)
-    for scale in (0.3, 3.0, 10.0):  # flat rows need the full vocabulary, peaked rows a few tokens
-        logits = torch.randn(8, 1000, generator=gen) * scale
-        for p in (0.3, 0.9, 0.999):
-            assert torch.allclose(probs_from_logits(logits, top_p=p), full_sort(logits, p))
+    # flat rows need the full vocabulary, peaked rows a few tokens; mixed in one batch, rows finish apart
+    scales = torch.tensor([0.3, 3.0, 10.0, 1.0]).repeat_interleave(3)[torch.randperm(12, generator=gen)]
+    logits = torch.randn(12, 1000, generator=gen) * scales[:, None]
+    for p in (0.3, 0.9, 0.999):
+        assert torch.allclose(probs_from_logits(logits, top_p=p), full_sort(logits, p))

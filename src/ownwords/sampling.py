@@ -49,19 +49,22 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches top_p (the top token always stays).
 
     Works on the top-k for growing k instead of a full sort (several times faster on CPU): once the
-    k-th token of every row starts at a mass >= top_p, every nucleus lies inside the top-k.
+    k-th token of a row starts at a mass >= top_p, its nucleus lies inside the top-k. Only the rows
+    whose nucleus is not yet inside go on to the next, larger k.
     """
     vocab = probs.shape[-1]
-    k = min(64, vocab)
+    out, rows, k = probs, None, min(64, vocab)  # rows: indices of the rows still open (None: all)
     while True:
-        top, order = probs.topk(k, dim=-1)  # [B, k], descending
+        sub = probs if rows is None else probs[rows]
+        top, order = sub.topk(k, dim=-1)  # [R, k], descending
         mass_before = top.cumsum(-1) - top
-        if k == vocab or bool((mass_before[:, -1] >= top_p).all()):
-            break
+        kept = torch.zeros_like(sub).scatter_(-1, order, top.masked_fill(mass_before >= top_p, 0.0))
+        out = kept if rows is None else out.index_copy(0, rows, kept)
+        still_open = (mass_before[:, -1] < top_p).nonzero().squeeze(-1)  # [R'] may reach past the top-k
+        if k == vocab or len(still_open) == 0:
+            return out / out.sum(-1, keepdim=True)
+        rows = still_open if rows is None else rows[still_open]
         k = min(4 * k, vocab)
-    top = top.masked_fill(mass_before >= top_p, 0.0)
-    probs = torch.zeros_like(probs).scatter_(-1, order, top)
-    return probs / probs.sum(-1, keepdim=True)
 
 
 def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
