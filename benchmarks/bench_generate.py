@@ -5,8 +5,8 @@
 (a) one sequence at a time, one token per model call, each model stepping separately at batch 1 --
     the paper's design (with a KV cache, to be fair to it);
 (b) the engine at batch 1, 4, 16, 32;
-(c) the bare cost of the same work: prefill plus one teacher and one student forward per token, batched,
-    with nothing else (no sampling, no book-keeping).
+(c) the bare cost of the same work: prefill plus one student and one teacher forward per token, batched
+    and in lock-step as RSD runs them, with nothing else (no sampling, no book-keeping).
 All three run in this one process, on the same prompts; the last line prints
 `speedup_b16=(b@16)/(a) overhead_b16=1-(b@16)/(c@16)`.
 """
@@ -70,25 +70,25 @@ def engine_run(student, s_tok, teacher, alignment, rsd, sampling, prompt_ids, ne
 
 @torch.no_grad()
 def bare_forward(student, teacher, alignment, prompt_ids, new_tokens, batch):
-    """(c): the forwards (b) needs, batched, on prompts of equal length (no padding) with a fixed next token."""
+    """(c): the forwards (b) needs, batched, on prompts of equal length (no padding) with a fixed next
+    token: a prefill, then per token one student and one teacher step, in lock-step as RSD runs them."""
     tokens = 0
     for start in range(0, len(prompt_ids), batch):
         rows = prompt_ids[start : start + batch]
         n = min(len(r) for r in rows)
+        states = []
         for model, ids in (
             (student, [r[:n] for r in rows]),
             (teacher, [alignment.to_teacher(r)[:n] for r in rows]),
         ):
-            cache = DynamicCache(config=model.config)
-            x = torch.tensor(ids)
-            mask = torch.ones_like(x)
-            model(input_ids=x, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            step = x[:, -1:]
-            for _ in range(new_tokens - 1):
+            cache, x = DynamicCache(config=model.config), torch.tensor(ids)
+            model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cache, logits_to_keep=1)
+            states.append((model, cache, x[:, -1:], torch.ones_like(x)))
+        for _ in range(new_tokens - 1):
+            for i, (model, cache, step, mask) in enumerate(states):
                 mask = torch.cat([mask, torch.ones_like(step)], 1)
-                model(
-                    input_ids=step, attention_mask=mask, past_key_values=cache, use_cache=True
-                ).logits.float()
+                model(input_ids=step, attention_mask=mask, past_key_values=cache).logits.float()
+                states[i] = (model, cache, step, mask)
         tokens += len(rows) * new_tokens
     return tokens
 

@@ -121,6 +121,22 @@ def test_stop_string_and_length_limits(models):
 
 
 @pytest.mark.parametrize("k", [0, 2])
+def test_rows_finished_by_their_prefill_free_their_slots(models, k):
+    """The longest prompts have room for one token, emitted by the prefill: they finish before their
+    batch-mates' first step, whose slots and traces must not be disturbed."""
+    reqs = requests(models, 6)
+    max_length = max(len(r.prompt_ids) for r in reqs) + 1
+    # 2 and 5 are the longest; in a batch of 2, 5 is then admitted alone into the running batch
+    reqs = [reqs[0], reqs[2], reqs[5], *reqs[3:5], reqs[1]]
+    batched = by_index(make_engine(models, 2, max_length=max_length, speculate=k).run(reqs))
+    for r in reqs:
+        alone = next(make_engine(models, 1, max_length=max_length, speculate=k).run([r]))
+        assert batched[r.sample_index].token_ids == alone.token_ids
+    lengths = {len(t.token_ids) for t in batched.values()}
+    assert 1 in lengths and max(lengths) > 1
+
+
+@pytest.mark.parametrize("k", [0, 2])
 def test_one_token_prompts_join_a_running_batch(models, k):
     s_tok = models[1]
     long = requests(models, 2)

@@ -83,7 +83,7 @@ class _Row:
     generator: torch.Generator
     budget: int  # new tokens this row may still emit
     started: float
-    pending: int = -1  # last token of the context, recorded but not yet fed to the models
+    pending: int = -1  # last emitted token, recorded but not yet fed to the models
 
 
 class Engine:
@@ -127,9 +127,10 @@ class Engine:
     def run(self, requests: Iterable[Request]) -> Iterator[Trace]:
         """Generate every request; yields traces as they finish (not in request order).
 
-        Each row carries a `pending` token: the last one of its context (at first, of its prompt)
-        that is recorded but not yet fed to the models. A step feeds it and emits one token (plain
-        RSD) or a speculative block of tokens; a finished row frees its slot for a pending request.
+        New rows are prefilled with their whole prompt, which gives their first token. From then on
+        each row carries a `pending` token: its last one, recorded but not yet fed to the models. A
+        step feeds it and emits one token (plain RSD) or a speculative block of tokens; a finished
+        row frees its slot for a pending request.
         """
         step = self._block if self.speculate else self._plain
         pending_requests = iter(requests)
@@ -141,26 +142,34 @@ class Engine:
                 admitted, too_long = self._admit(fresh)
                 yield from too_long
                 if admitted:
-                    self._prefill(admitted, student, teacher)
+                    new_student, new_teacher, first = self._prefill(admitted)
+                    admitted = yield from self._settle(admitted, first, new_student, new_teacher)
+                    student.extend(new_student)
+                    if teacher is not None:
+                        teacher.extend(new_teacher)
                     rows += admitted
             if not rows:
                 return
-            keep = []
-            for i, (row, records) in enumerate(zip(rows, step(rows, student, teacher), strict=True)):
-                if any(self._record(row, record) for record in records):
-                    yield row.trace
-                else:
-                    row.pending = row.trace.token_ids[-1]
-                    keep.append(i)
-            if len(keep) < len(rows):
-                rows = [rows[i] for i in keep]
-                if not rows:
-                    student, teacher = self._states()
-                    continue
-                index = torch.tensor(keep, dtype=torch.long)
-                student.select(index)
-                if teacher is not None:
-                    teacher.select(index)
+            rows = yield from self._settle(rows, step(rows, student, teacher), student, teacher)
+            if not rows:
+                student, teacher = self._states()
+
+    def _settle(self, rows: list[_Row], results, student: CachedBatch, teacher: CachedBatch | None):
+        """Record each row's emitted tokens; yield the finished traces, free their slots in the model
+        states, and return the rows still running."""
+        keep = []
+        for i, (row, records) in enumerate(zip(rows, results, strict=True)):
+            if any(self._record(row, record) for record in records):
+                yield row.trace
+            else:
+                row.pending = row.trace.token_ids[-1]
+                keep.append(i)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long)
+            student.select(index)
+            if teacher is not None:
+                teacher.select(index)
+        return [rows[i] for i in keep]
 
     def _admit(self, requests: list[Request]) -> tuple[list[_Row], list[Trace]]:
         rows, too_long = [], []
@@ -172,22 +181,24 @@ class Engine:
                 too_long.append(trace)
             else:
                 generator = torch.Generator().manual_seed(req.seed)
-                rows.append(_Row(trace, generator, budget, time.perf_counter(), pending=req.prompt_ids[-1]))
+                rows.append(_Row(trace, generator, budget, time.perf_counter()))
         return rows, too_long
 
     def _states(self) -> tuple[CachedBatch, CachedBatch | None]:
         student = CachedBatch(self.student, self.pad_id)
         return student, CachedBatch(self.teacher, self.teacher_pad_id) if self.teacher is not None else None
 
-    def _prefill(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch | None) -> None:
-        """Feed the new rows' prompts but their last token (their first pending one); add them to the batch."""
-        new_s, new_t = self._states()
-        prompts = [r.trace.request.prompt_ids[:-1] for r in rows]
-        new_s.append(prompts)
-        student.extend(new_s)
+    def _prefill(self, rows: list[_Row]) -> tuple[CachedBatch, CachedBatch | None, list[list[list[float]]]]:
+        """Fresh model states holding the new rows' prompts, and each row's first emitted token."""
+        student, teacher = self._states()
+        prompts = [r.trace.request.prompt_ids for r in rows]
+        s_logits = student.append(prompts)[:, -1]
+        t_logits = None
         if teacher is not None:
-            new_t.append([self.alignment.to_teacher(p) for p in prompts])
-            teacher.extend(new_t)
+            t_logits = teacher.append([self.alignment.to_teacher(p) for p in prompts])[:, -1]
+        self.stats["tokens"] += len(rows)
+        records = self._step(s_logits, t_logits, [r.generator for r in rows])
+        return student, teacher, [[record] for record in records]
 
     def _plain(
         self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch | None

@@ -87,8 +87,6 @@ class CachedBatch:
             self.mask = self.mask.new_zeros(len(rows), 0)
             self.next_pos = self.next_pos.new_zeros(len(rows))
         width = max(len(r) for r in rows)
-        if width == 0:  # nothing to add (e.g. one-token prompts before a speculative block)
-            return torch.empty(len(rows), 0, 0, device=self.device)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         block = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -127,8 +125,6 @@ class CachedBatch:
             return
         length = max(self.mask.shape[1], other.mask.shape[1])
         for a, b in zip(self.cache.layers, other.cache.layers, strict=True):
-            if not b.is_initialized:  # nothing fed to the new rows yet (one-token prompts)
-                b.keys = b.values = a.keys.new_zeros(len(other), a.keys.shape[1], 0, a.keys.shape[3])
             a.keys = torch.cat([_left_pad(a.keys, length), _left_pad(b.keys, length)])
             a.values = torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)])
         self.mask = torch.cat([_left_pad(self.mask, length), _left_pad(other.mask, length)])
