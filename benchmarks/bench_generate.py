@@ -23,7 +23,6 @@ from transformers import DynamicCache
 from ownwords.data import build_prompt
 from ownwords.engine import RSD, Engine, Request, Sampling
 from ownwords.lm import load_model, logits_width
-from ownwords.sampling import rsd_sample, uniforms_for
 from ownwords.tiny import make_tiny_pair
 from ownwords.vocab import align_vocabularies
 
@@ -36,8 +35,10 @@ def prompts(tokenizer, n):
 
 
 @torch.no_grad()
-def one_at_a_time(student, teacher, alignment, rsd, sampling, prompt_ids, new_tokens):
-    """(a): per sample, per token: a teacher call, a student call, then the RSD step."""
+def one_at_a_time(student, s_tok, teacher, alignment, rsd, sampling, prompt_ids, new_tokens):
+    """(a): per sample, per token: a student call, a teacher call, then the engine's own RSD step on
+    that one row (so (a) and (b) differ only in batching)."""
+    rsd_step = Engine(student, s_tok, teacher, alignment, sampling, rsd)._step
     tokens = 0
     for i, ids in enumerate(prompt_ids):
         gen = torch.Generator().manual_seed(i)
@@ -46,15 +47,8 @@ def one_at_a_time(student, teacher, alignment, rsd, sampling, prompt_ids, new_to
         for _ in range(new_tokens):
             s_logits = student(input_ids=s_in, past_key_values=s_cache, use_cache=True).logits[:, -1]
             t_logits = teacher(input_ids=t_in, past_key_values=t_cache, use_cache=True).logits[:, -1]
-            s_logits = s_logits[:, : alignment.student_size]
-            proposal = sampling.probs(alignment.teacher_logits_to_student(t_logits))
-            student_p = sampling.probs(s_logits)
-            alpha = rsd.rule(s_logits.softmax(-1), proposal)
-            tok, _, _ = rsd_sample(
-                proposal, alpha, student_p, rsd.trials, uniforms_for([gen], 2 * rsd.trials + 1)
-            )
-            s_in = tok[:, None]
-            t_in = torch.tensor([alignment.to_teacher([int(tok)])])
+            token = int(rsd_step(s_logits, t_logits, [gen])[0][0])
+            s_in, t_in = torch.tensor([[token]]), torch.tensor([alignment.to_teacher([token])])
             tokens += 1
     return tokens
 
@@ -129,7 +123,7 @@ def main() -> None:
     engine_run(student, s_tok, teacher, alignment, rsd, sampling, ids[:4], 8, 4)  # warm-up
 
     few = ids[: args.baseline_samples]
-    baseline = (one_at_a_time, student, teacher, alignment, rsd, sampling, few, args.new_tokens)
+    baseline = (one_at_a_time, student, s_tok, teacher, alignment, rsd, sampling, few, args.new_tokens)
     engine, bare, base = {}, {}, {}
     for b in (1, 4, 16, 32):
         n = ids if b > 1 else few

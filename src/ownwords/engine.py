@@ -217,14 +217,17 @@ class Engine:
     def _step(self, s_logits: torch.Tensor, t_logits: torch.Tensor | None, generators) -> list[list[float]]:
         """One token for every row -> per row [token, T(x), a(x), fallback, trials]."""
         s_logits = s_logits[:, : self.vocab]  # [B, Vs]; padded embedding columns ignored
-        student = self.sampling.probs(s_logits)
+        if t_logits is None:
+            student = self.sampling.probs(s_logits)
+        else:  # S and T in one pass over [2B, Vs]: the per-op cost, not the size, dominates a step
+            t_logits = self.alignment.teacher_logits_to_student(t_logits)
+            student, proposal = self.sampling.probs(torch.cat([s_logits, t_logits])).chunk(2)
         score = s_logits.softmax(-1) if self.rsd.score == "raw" else student
         if t_logits is None:
             tokens = sample_from(student, uniforms_for(generators, 1).to(student.device)).squeeze(-1)
             proposal_p = torch.full_like(tokens, math.nan, dtype=torch.float64)
             fallback = tried = torch.zeros_like(tokens)
         else:
-            proposal = self.sampling.probs(self.alignment.teacher_logits_to_student(t_logits))
             alpha = self.rsd.rule(score, proposal)
             u = uniforms_for(generators, 2 * self.rsd.trials + 1).to(student.device)
             tokens, fallback, tried = rsd_sample(proposal, alpha, student, self.rsd.trials, u)

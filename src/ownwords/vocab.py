@@ -28,6 +28,11 @@ class VocabAlignment:
         self.identity = self.student_size == self.teacher_size == len(self._to_teacher) and all(
             s == t for s, t in self._to_teacher.items()
         )
+        columns = torch.zeros(self.student_size, dtype=torch.long)  # [Vs] teacher column of each student id
+        columns[self.student_ids] = self.teacher_ids
+        unshared = torch.ones(self.student_size, dtype=torch.bool)  # [Vs] True: no teacher column
+        unshared[self.student_ids] = False
+        self._gather = {torch.device("cpu"): (columns, unshared)}  # a copy per device logits come from
 
     @property
     def shared(self) -> int:
@@ -37,9 +42,12 @@ class VocabAlignment:
         """Teacher logits [B, Vt_model] -> [B, Vs] on student ids; ``-inf`` where the token is not shared."""
         if self.identity:
             return logits[:, : self.student_size]
-        out = logits.new_full((logits.shape[0], self.student_size), -math.inf)
-        out[:, self.student_ids] = logits[:, self.teacher_ids]
-        return out
+        if logits.device not in self._gather:
+            self._gather[logits.device] = tuple(
+                t.to(logits.device) for t in self._gather[torch.device("cpu")]
+            )
+        columns, unshared = self._gather[logits.device]
+        return logits.index_select(-1, columns).masked_fill_(unshared, -math.inf)
 
     def to_teacher(self, student_ids: list[int]) -> list[int]:
         """Student token ids -> teacher token ids (student-only tokens re-tokenised from their text)."""
