@@ -87,13 +87,9 @@ class CachedBatch:
             self.mask = self.mask.new_zeros(len(rows), 0)
             self.next_pos = self.next_pos.new_zeros(len(rows))
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        block = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r) :] = torch.tensor(r)
-                block[i, width - len(r) :] = 1
-        ids, block = ids.to(self.device), block.to(self.device)
+        # [B, width] each row's tokens right-aligned, and 1 where a real token sits
+        ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
+        block = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
         positions = (self.next_pos[:, None] + block.cumsum(-1) - 1).clamp(min=0)  # [B, width]
         self.mask = torch.cat([self.mask, block], dim=1)
         out = self.model(
