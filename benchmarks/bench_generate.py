@@ -22,9 +22,8 @@ from transformers import DynamicCache
 
 from ownwords.data import build_prompt
 from ownwords.engine import RSD, Engine, Request, Sampling
-from ownwords.lm import load_model, logits_width
+from ownwords.lm import load_pair
 from ownwords.tiny import make_tiny_pair
-from ownwords.vocab import align_vocabularies
 
 
 def prompts(tokenizer, n):
@@ -111,9 +110,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:
         t_dir, s_dir = make_tiny_pair(tmp)
-        student, s_tok = load_model(str(s_dir), "cpu", "float32")
-        teacher, t_tok = load_model(str(t_dir), "cpu", "float32")
-    alignment = align_vocabularies(s_tok, t_tok, logits_width(student), logits_width(teacher))
+        student, s_tok, teacher, alignment = load_pair(str(t_dir), str(s_dir), "cpu", "float32")
     rsd, sampling = RSD(), Sampling()
     ids = prompts(s_tok, args.samples)
     print(

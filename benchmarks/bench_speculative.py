@@ -22,9 +22,8 @@ from transformers import DynamicCache
 
 from ownwords.data import build_prompt
 from ownwords.engine import RSD, Engine, Request, Sampling
-from ownwords.lm import load_model, logits_width
+from ownwords.lm import load_model, load_pair
 from ownwords.tiny import arithmetic_chats, fit_lm, make_tiny_pair
-from ownwords.vocab import align_vocabularies
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "bench-pair"
 
@@ -90,14 +89,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     path = trained_pair(args.fresh)
-    student, s_tok = load_model(str(path / "student"), "cpu", "float32")
-    teacher, t_tok = load_model(str(path / "teacher"), "cpu", "float32")
-    models = (
-        student,
-        s_tok,
-        teacher,
-        align_vocabularies(s_tok, t_tok, logits_width(student), logits_width(teacher)),
-    )
+    models = load_pair(str(path / "teacher"), str(path / "student"), "cpu", "float32")
+    student, s_tok, teacher, _ = models
     prompts = [build_prompt(s_tok, chat[0]["content"]) for chat in arithmetic_chats(args.prompts, seed=99)]
     t_ms, s_ms = step_ms(teacher), step_ms(student)
     print(

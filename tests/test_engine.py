@@ -3,18 +3,14 @@ import torch
 
 from ownwords.data import build_prompt
 from ownwords.engine import RSD, Engine, Request, Sampling
-from ownwords.lm import load_model, logits_width
+from ownwords.lm import load_pair
 from ownwords.sampling import AcceptanceRule
-from ownwords.vocab import align_vocabularies
 
 
 @pytest.fixture(scope="module")
 def models(tiny_pair):
     teacher_dir, student_dir = tiny_pair
-    student, s_tok = load_model(str(student_dir), "cpu", "float32")
-    teacher, t_tok = load_model(str(teacher_dir), "cpu", "float32")
-    alignment = align_vocabularies(s_tok, t_tok, logits_width(student), logits_width(teacher))
-    return student, s_tok, teacher, alignment
+    return load_pair(str(teacher_dir), str(student_dir), "cpu", "float32")
 
 
 def make_engine(models, batch_size, threshold=0.01, max_new_tokens=24, **kwargs):

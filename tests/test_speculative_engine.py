@@ -5,10 +5,9 @@ import torch
 from test_sampling import empirical, tv_bound
 
 from ownwords.engine import RSD, Engine, Request, Sampling
-from ownwords.lm import load_model, logits_width
+from ownwords.lm import load_pair
 from ownwords.sampling import AcceptanceRule, rsd_probs
 from ownwords.tiny import STUDENT, TinySpec, make_tiny_pair
-from ownwords.vocab import align_vocabularies
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +16,7 @@ def small(tmp_path_factory):
     t_dir, s_dir = make_tiny_pair(
         tmp_path_factory.mktemp("small"), teacher=TinySpec("qwen3", 128, 2, 4, 2, 256), student=STUDENT
     )
-    student, s_tok = load_model(str(s_dir), "cpu", "float32")
-    teacher, t_tok = load_model(str(t_dir), "cpu", "float32")
-    return (
-        student,
-        s_tok,
-        teacher,
-        align_vocabularies(s_tok, t_tok, logits_width(student), logits_width(teacher)),
-    )
+    return load_pair(str(t_dir), str(s_dir), "cpu", "float32")
 
 
 def engine(models, k, threshold=0.01, batch_size=8, max_new_tokens=20, temperature=1.0):

@@ -15,10 +15,9 @@ from tqdm.auto import tqdm
 from .config import to_dict
 from .data import build_prompt, load_questions
 from .engine import RSD, Engine, Request, Sampling, Trace
-from .lm import DTYPES, load_model, logits_width
+from .lm import DTYPES, load_pair
 from .sampling import RULES, AcceptanceRule
 from .store import TraceStore
-from .vocab import align_vocabularies
 
 logger = logging.getLogger(__name__)
 
@@ -198,10 +197,13 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
         config.split,
         config.limit,
     )
-    student, s_tok = load_model(config.student, config.device, config.dtype, config.trust_remote_code)
-    teacher, t_tok = load_model(config.teacher, config.device, config.dtype, config.trust_remote_code)
-    alignment = align_vocabularies(
-        s_tok, t_tok, logits_width(student), logits_width(teacher), config.min_vocab_overlap
+    student, s_tok, teacher, alignment = load_pair(
+        config.teacher,
+        config.student,
+        config.device,
+        config.dtype,
+        config.trust_remote_code,
+        config.min_vocab_overlap,
     )
     engine = Engine(
         student,

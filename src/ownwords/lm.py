@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .vocab import VocabAlignment, align_vocabularies
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,6 +38,21 @@ def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bo
     except OSError as err:  # transformers reports a missing/unreachable model as OSError
         raise FileNotFoundError(f"could not load {what}: {err}") from err
     return model.to(device).eval(), tokenizer
+
+
+def load_pair(
+    teacher: str,
+    student: str,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool = False,
+    min_vocab_overlap: float = 0.5,
+) -> tuple[object, object, object, VocabAlignment]:
+    """(student, student tokenizer, teacher, alignment) of an RSD pair, each model by hub id or path."""
+    student_model, s_tok = load_model(student, device, dtype, trust_remote_code)
+    teacher_model, t_tok = load_model(teacher, device, dtype, trust_remote_code)
+    widths = logits_width(student_model), logits_width(teacher_model)
+    return student_model, s_tok, teacher_model, align_vocabularies(s_tok, t_tok, *widths, min_vocab_overlap)
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
