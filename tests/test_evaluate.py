@@ -186,7 +186,9 @@ def test_thinking_budget_closes_the_block(tiny_pair, bench_files, tmp_path):
     tag = next(p.name for p in out.iterdir() if p.is_dir())
     cut = 0
     with TraceStore(out / tag / "records.sqlite") as store:
-        for sample in store.samples("math500@T=0.7"):
+        (run,) = store.runs()  # math500@T=0.7@<weights fingerprint>
+        assert run.startswith("math500@T=0.7@")
+        for sample in store.samples(run):
             if sample["n_tokens"] > 3:  # cut at the budget: the block was closed, then at most 2 more tokens
                 assert "</think>" in sample["text"] and sample["n_tokens"] <= 3 + 6 + 2
                 cut += 1

@@ -67,7 +67,7 @@ def assert_same_rows(got, expected):
 def test_generate_writes_store_and_summary(tiny_pair, questions_file, tmp_path, capsys):
     store = tmp_path / "s.sqlite"
     assert main(["generate", *argv(tiny_pair, questions_file, store)]) == 0
-    summary = json.loads((tmp_path / "s.sqlite.summary.json").read_text())
+    summary = json.loads((tmp_path / "s.sqlite.default.summary.json").read_text())
     assert summary["samples"] == 10 and summary["questions"] == 5
     for key in ("tokens", "fallback_rate", "tokens_per_second", "wall_seconds"):
         assert summary[key] > 0
@@ -128,16 +128,16 @@ def test_preset_yaml_and_flags_layer(tmp_path):
     cfg = tmp_path / "gen.yaml"
     cfg.write_text("teacher: t\nstudent: s\nquestions: q.jsonl\npreset: paper\ntrials: 3\n")
     config = parse(GenerateConfig, ["--config", str(cfg), "--top-k", "10"], "t", PRESETS)
-    assert config.preset == "paper" and config.raw_logprobs and config.acceptance_top_k == 20
+    assert config.preset == "paper" and config.logprobs == "raw" and config.acceptance_top_k == 20
     assert config.trials == 3 and config.top_k == 10 and config.generation_prefix == "<think>\n"
-    config = parse(GenerateConfig, ["--config", str(cfg), "--raw-logprobs", "false"], "t", PRESETS)
-    assert not config.raw_logprobs
+    config = parse(GenerateConfig, ["--config", str(cfg), "--logprobs", "processed"], "t", PRESETS)
+    assert config.logprobs == "processed"
 
 
 def test_speculative_generate_from_the_cli(tiny_pair, questions_file, tmp_path):
     store = tmp_path / "spec.sqlite"
     assert main(["generate", *argv(tiny_pair, questions_file, store, "--speculate", "3")]) == 0
-    summary = json.loads((tmp_path / "spec.sqlite.summary.json").read_text())
+    summary = json.loads((tmp_path / "spec.sqlite.default.summary.json").read_text())
     assert summary["samples"] == 10 and summary["engine"]["drafted"] > 0
     assert summary["engine"]["teacher_forwards"] < summary["new_tokens"]
     for r in rows(store):

@@ -165,7 +165,7 @@ def test_bad_input(store, tmp_path, capsys):
     assert main(["export", "--store", str(store), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "run `ownwords select` first" in capsys.readouterr().err
     assert main(["select", "--store", str(store), "--policy", "longest"]) == 2
-    assert "--policy" in capsys.readouterr().err
+    assert "policy is 'longest'" in capsys.readouterr().err
     select(SelectConfig(store=str(store)))
     existing = tmp_path / "keep.jsonl"
     existing.write_text("precious\n")

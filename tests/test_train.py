@@ -129,7 +129,7 @@ def test_trained_student_generates(tiny_pair, traces, tmp_path, questions_file):
         "--no-progress",
     ]
     assert main(gen) == 0
-    assert json.loads((tmp_path / "s.sqlite.summary.json").read_text())["samples"] == 2
+    assert json.loads((tmp_path / "s.sqlite.default.summary.json").read_text())["samples"] == 2
 
 
 def test_overlong_examples_are_dropped_with_a_count(tiny_pair, traces, tmp_path, caplog):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .data import build_prompt, load_rows
+from .errors import UserError
 from .lm import DTYPES, CachedBatch, load_model, logits_width, padding_id
 from .store import TraceStore
 
@@ -65,15 +66,17 @@ class AnalyzeConfig:
 
     def __post_init__(self) -> None:
         if not self.students:
-            raise ValueError("--students is required (one or more models)")
+            raise UserError("students is required (one or more models)")
         if not self.store and not self.datasets:
-            raise ValueError("nothing to analyse: give --store (with --runs) and/or --datasets")
+            raise UserError("nothing to analyse: give a store (with runs) and/or datasets")
         if self.runs and not self.store:
-            raise ValueError("--runs needs --store")
+            raise UserError("runs needs a store")
         if not 0 < self.threshold <= 1:
-            raise ValueError(f"--threshold is {self.threshold}; expected a probability in (0, 1]")
+            raise UserError(f"threshold is {self.threshold}; expected a probability in (0, 1]")
         if self.chunk < 1 or self.batch_size < 1:
-            raise ValueError("--chunk and --batch-size must be >= 1")
+            raise UserError("chunk and batch_size must be >= 1")
+        if self.max_traces is not None and self.max_traces < 1:
+            raise UserError(f"max_traces is {self.max_traces}; expected >= 1")
 
 
 @dataclass
@@ -95,15 +98,10 @@ class Trace:
 
 
 def store_sets(path: str, runs: list[str], limit: int | None) -> dict[str, list[Trace]]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"store {path!r} does not exist")
     sets = {}
-    with TraceStore(path) as store:
-        known = store.runs()
-        for run in runs or sorted(known):
-            if run not in known:
-                raise ValueError(f"store {path!r} has no run {run!r}; it has {sorted(known)}")
-            config = known[run]
+    with TraceStore(path, create=False, write=False) as store:  # a foreign file is refused, untouched
+        for run in runs or sorted(store.runs()):
+            config = store.require_run(run)
             system = config.get("system_prompt") or None
             traces = []
             for s in store.samples(run):
@@ -130,10 +128,10 @@ def store_sets(path: str, runs: list[str], limit: int | None) -> dict[str, list[
 
 
 def dataset_set(source: str, config: AnalyzeConfig) -> list[Trace]:
-    rows = load_rows(source) if not Path(source).is_dir() else _load_from_disk(source)
+    rows = load_rows(source, what="dataset") if not Path(source).is_dir() else _load_from_disk(source)
     for col in (config.prompt_field, config.text_field):
         if col not in rows.column_names:
-            raise ValueError(
+            raise UserError(
                 f"{source}: no column {col!r}; the columns are {rows.column_names} (see --prompt-field/--text-field)"
             )
     traces = []
@@ -239,7 +237,7 @@ def statistics(
     (so its fallback records apply to these very tokens)."""
     flat = [p for row in probs for p in row]
     if not flat:
-        raise ValueError("no tokens to analyse (every trace is empty)")
+        raise UserError("no tokens to analyse (every trace is empty)")
     n = len(flat)
     low = Counter()
     profile = [[0, 0] for _ in range(POSITION_BINS)]  # [low, all] per relative-position bin

@@ -8,9 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .store import StoreError
+from .errors import UserError
 
-USAGE = """usage: ownwords <command> [options]   (ownwords <command> --help for its options)
+USAGE = """usage: ownwords [--debug] <command> [options]   (ownwords <command> --help for its options)
 
 commands:
   generate   RSD traces for a question set into a resumable SQLite store
@@ -21,7 +21,10 @@ commands:
   eval       reasoning benchmarks (AIME24/25, MATH500, GPQA-Diamond, GSM8K, AMC23): pass@1, pass@k, maj@n
   demo       the whole loop on tiny models trained here: RSD vs teacher traces, SFT, eval, analysis (minutes, CPU)
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
+
+--debug shows the full traceback of an error; --version prints the version.
 """
+RESUMABLE = {"generate", "eval", "demo"}
 
 
 def _generate(argv: list[str]) -> None:
@@ -44,7 +47,7 @@ def _export(argv: list[str]) -> None:
     from .export import ExportConfig, export
 
     config = parse(ExportConfig, argv, prog="ownwords export")
-    print(f"exported {len(export(config))} traces to {config.out}")
+    print(f"exported {len(export(config))} traces to {config.out}")  # the one line: the library logs nothing
 
 
 def _train(argv: list[str]) -> None:
@@ -92,7 +95,10 @@ def _tiny(argv: list[str]) -> None:
     parser.add_argument("outdir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    teacher, student = make_tiny_pair(args.outdir, seed=args.seed)
+    try:
+        teacher, student = make_tiny_pair(args.outdir, seed=args.seed)
+    except OSError as err:
+        raise UserError(f"output folder {args.outdir!r}: cannot write the tiny pair there ({err})") from err
     print(f"teacher: {teacher}\nstudent: {student}")
 
 
@@ -110,7 +116,14 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import version
+
+        print(f"ownwords {version('ownwords')}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
@@ -120,14 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         command(argv[1:])
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        StoreError,
-    ) as err:  # bad input: say what and where, no traceback
+    except UserError as err:  # bad input: say what and where; anything else is a bug and keeps its traceback
+        if debug:
+            raise
         print(f"ownwords {argv[0]}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        again = " re-run the same command to resume; finished work is kept." if argv[0] in RESUMABLE else ""
+        print(f"\nownwords {argv[0]}: interrupted.{again}", file=sys.stderr)
+        return 130
     return 0
 
 

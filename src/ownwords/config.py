@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import yaml
 from transformers import HfArgumentParser
 
+from .errors import MissingInput, UserError
+
 C = TypeVar("C")
 
 
@@ -21,14 +23,17 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     """A YAML mapping whose keys must all be fields of `cls`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise MissingInput(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {str(path)!r} is not valid YAML ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r}: expected a mapping of option: value")
+        raise UserError(f"config file {str(path)!r}: expected a mapping of option: value")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"config file {str(path)!r}: unknown keys {unknown}; known keys are {sorted(known)}")
+        raise UserError(f"config file {str(path)!r}: unknown keys {unknown}; known keys are {sorted(known)}")
     return data
 
 
@@ -43,7 +48,7 @@ def parse(cls: type[C], argv: list[str], prog: str, presets: dict[str, dict] | N
     defaults: dict[str, Any] = {}
     if preset is not None:
         if not presets or preset not in presets:
-            raise ValueError(f"--preset {preset!r} is unknown; expected one of {sorted(presets or {})}")
+            raise UserError(f"--preset {preset!r} is unknown; expected one of {sorted(presets or {})}")
         defaults.update(presets[preset], preset=preset)
     defaults.update(from_file)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import MissingInput, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +26,74 @@ class Question:
     answer: str | None
 
 
-def load_rows(source: str, split: str = "train"):
-    """A `datasets.Dataset` from a local jsonl/json/parquet/csv file or a Hugging Face dataset id."""
-    from datasets import load_dataset
-
+def load_rows(source: str, split: str = "train", what: str = "questions file"):
+    """A `datasets.Dataset` from a local jsonl/json/parquet/csv file or a Hugging Face dataset id.
+    Every failure is a UserError naming `source`: a missing, empty or malformed file, an unreachable hub."""
     path = Path(source).expanduser()
     if path.suffix in LOCAL_BUILDERS or path.exists() or source.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise FileNotFoundError(f"questions file {source!r} does not exist")
-        if path.suffix not in LOCAL_BUILDERS:
-            raise ValueError(f"questions file {source!r}: expected one of {', '.join(LOCAL_BUILDERS)}")
-        return load_dataset(LOCAL_BUILDERS[path.suffix], data_files=str(path), split="train")
-    return load_dataset(source, split=split)
+        return _load_local(path, source, what)
+    return load_hub(what, source, None, split)
+
+
+def _load_local(path: Path, source: str, what: str):
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    if not path.is_file():
+        raise MissingInput(f"{what} {source!r} does not exist")
+    if path.suffix not in LOCAL_BUILDERS:
+        raise UserError(f"{what} {source!r}: expected one of {', '.join(LOCAL_BUILDERS)}")
+    if path.suffix == ".jsonl":
+        _check_jsonl(path, source, what)
+    elif path.stat().st_size == 0:
+        raise UserError(f"{what} {source!r} is empty")
+    try:
+        rows = load_dataset(LOCAL_BUILDERS[path.suffix], data_files=str(path), split="train")
+    except (DatasetGenerationError, ValueError) as err:
+        cause = err.__cause__ or err
+        raise UserError(f"{what} {source!r} cannot be read as {path.suffix} ({cause})") from err
+    if len(rows) == 0:
+        raise UserError(f"{what} {source!r} has no rows")
+    return rows
+
+
+def _check_jsonl(path: Path, source: str, what: str) -> None:
+    """Every non-blank line must be a JSON object; at least one line."""
+    count = 0
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{what} {source!r}, line {n}: not valid JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"{what} {source!r}, line {n}: expected a JSON object, got {type(row).__name__}"
+                )
+            count += 1
+    if count == 0:
+        raise UserError(f"{what} {source!r} is empty (no JSON lines)")
+
+
+def load_hub(what: str, dataset_id: str, config: str | None, split: str):
+    """A split of a hub dataset; an unreachable hub or an unknown id is a one-line UserError."""
+    import os
+
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        return load_dataset(dataset_id, config, split=split)
+    except (ConnectionError, DatasetNotFoundError, FileNotFoundError) as err:
+        offline = (
+            " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
+        )
+        raise UserError(
+            f"{what} {dataset_id!r}: cannot load it from the Hugging Face Hub{offline} ({err}); "
+            "give a local file instead"
+        ) from err
 
 
 def load_questions(
@@ -57,25 +117,25 @@ def load_questions(
         qid = str(row[id_col]) if id_col else str(i)
         text = row[q_col]
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{source}: question {qid!r} (row {i}) has an empty {q_col!r} field")
+            raise UserError(f"{source}: question {qid!r} (row {i}) has an empty {q_col!r} field")
         if qid in seen:
-            raise ValueError(f"{source}: id {qid!r} in column {id_col!r} is not unique (row {i})")
+            raise UserError(f"{source}: id {qid!r} in column {id_col!r} is not unique (row {i})")
         seen.add(qid)
         answer = row[a_col] if a_col else None
         questions.append(Question(qid, text, None if answer is None else str(answer)))
     if not questions:
-        raise ValueError(f"{source}: no questions found")
+        raise UserError(f"{source}: no questions found")
     return questions
 
 
 def _column(source, columns, given, candidates, what, required):
     if given is not None:
         if given not in columns:
-            raise ValueError(f"{source}: no {what} column {given!r}; the columns are {columns}")
+            raise UserError(f"{source}: no {what} column {given!r}; the columns are {columns}")
         return given
     found = next((c for c in candidates if c in columns), None)
     if found is None and required:
-        raise ValueError(
+        raise UserError(
             f"{source}: cannot find a {what} column (tried {list(candidates)}); the columns are {columns}; "
             f"name it with --{what}-field"
         )
@@ -86,8 +146,23 @@ def build_prompt(tokenizer, question: str, system_prompt: str | None = None, pre
     """Token ids of the chat-formatted prompt, ending with the assistant turn's opening and `prefix`
     (e.g. a thinking block's opening tag); special tokens come from the tokenizer's own template."""
     if not tokenizer.chat_template:
-        raise ValueError(f"tokenizer of {tokenizer.name_or_path!r} has no chat template")
+        raise UserError(f"tokenizer of {tokenizer.name_or_path!r} has no chat template")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": question})
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
     return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def questions_fingerprint(questions: list[Question]) -> str:
+    """A hash of the question set's content (ids, texts, gold answers), stored with a run: a file
+    edited between a run and its resume is refused instead of mixing two versions in one run."""
+    digest = hashlib.sha256()
+    for q in questions:
+        digest.update(json.dumps([q.id, q.question, q.answer]).encode())
+    return digest.hexdigest()
+
+
+def unescape(text: str) -> str:
+    """`\\n` and `\\t` written as two characters (a shell's "<think>\\n") -> newline and tab. Used for
+    generation prefixes and stop strings, where a literal backslash-n is never what was meant."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analyze import AnalyzeConfig, analyze
+from .errors import UserError
 from .evaluate import EvalConfig, evaluate
 from .export import ExportConfig, export
 from .generate import GenerateConfig, generate
@@ -73,7 +74,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
-            raise ValueError(f"--seeds is {self.seeds}; expected >= 1")
+            raise UserError(f"seeds is {self.seeds}; expected >= 1")
         if self.quick:
             self.seeds = 1
 

@@ -31,26 +31,32 @@ from .vocab import VocabAlignment
 
 @dataclass(frozen=True)
 class Sampling:
-    """How logits become the distributions T (teacher proposal) and S (student sampling)."""
+    """How logits become the distributions T (teacher proposal) and S (student sampling).
+
+    ``logprobs`` "none": the sampler's own distribution; T restricts the teacher to the shared tokens
+    first and filters after (DESIGN §2). "raw" / "processed": what vLLM's top-k log-probabilities
+    were (``probs_from_logits``); T filters the teacher's own distribution first and then keeps the
+    shared tokens, renormalised, as the paper's authors did.
+    """
 
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 0.95
-    raw: bool = (
-        False  # T and S from raw logits (temperature 1, no top-p; top-k still applies), as vLLM's logprobs
-    )
+    logprobs: str = "none"
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.raw:
-            return probs_from_logits(logits, 1.0, self.top_k, 1.0)
-        return probs_from_logits(logits, self.temperature, self.top_k, self.top_p)
+        return probs_from_logits(logits, self.temperature, self.top_k, self.top_p, self.logprobs)
 
 
 @dataclass(frozen=True)
 class RSD:
     rule: AcceptanceRule = AcceptanceRule()
     trials: int = 5  # N: proposals drawn from the teacher before falling back to the student
-    score: str = "raw"  # acceptance score a(x): "raw" student softmax (T=1, full vocab) or "processed" S(x)
+    # acceptance score a(x): "raw" = the student's softmax at temperature 1 over its tokenizer's tokens,
+    # or "processed" = S(x). Padded logit columns (past the tokenizer's size) are excluded, by choice:
+    # vLLM's softmax spans the model's whole output width, where untrained padded rows take a sliver
+    # of mass; a token that cannot be decoded should not lower the score of those that can.
+    score: str = "raw"
 
 
 @dataclass
@@ -105,6 +111,11 @@ class Engine:
             raise ValueError("a teacher needs a vocabulary alignment, and an alignment needs a teacher")
         if speculate < 0 or (speculate and teacher is None):
             raise ValueError(f"speculate must be >= 0 and needs a teacher, got {speculate}")
+        # A rule that can never accept emits S: the student alone, without paying for teacher passes.
+        # Its records still say what RSD would: every token a fallback after `trials` rejections.
+        self.fallback_only = teacher is not None and rsd.rule.never_accepts
+        if self.fallback_only:
+            teacher, speculate = None, 0
         self.speculate = speculate
         # teacher/student forward passes, tokens emitted, drafts proposed and accepted (for benchmarks)
         self.stats = dict(teacher_forwards=0, student_forwards=0, tokens=0, drafted=0, accepted=0)
@@ -121,6 +132,7 @@ class Engine:
         self.vocab = (
             alignment.student_size if alignment else min(len(student_tokenizer), logits_width(student))
         )
+
         self.pad_id = padding_id(student, student_tokenizer)
         self.teacher_pad_id = padding_id(teacher, alignment.teacher_tokenizer) if alignment else self.pad_id
 
@@ -149,6 +161,8 @@ class Engine:
                         teacher.extend(new_teacher)
                     rows += admitted
             if not rows:
+                if fresh:  # every admitted row finished at once (at its prefill, or too long): admit more
+                    continue
                 return
             rows = yield from self._settle(rows, step(rows, student, teacher), student, teacher)
             if not rows:
@@ -219,14 +233,20 @@ class Engine:
         s_logits = s_logits[:, : self.vocab]  # [B, Vs]; padded embedding columns ignored
         if t_logits is None:
             student = self.sampling.probs(s_logits)
-        else:  # S and T in one pass over [2B, Vs]: the per-op cost, not the size, dominates a step
+        elif self.sampling.logprobs == "none":  # S and T in one pass over [2B, Vs]: per-op cost dominates
             t_logits = self.alignment.teacher_logits_to_student(t_logits)
             student, proposal = self.sampling.probs(torch.cat([s_logits, t_logits])).chunk(2)
+        else:
+            student, proposal = self.sampling.probs(s_logits), self._proposal(t_logits)
         score = s_logits.softmax(-1) if self.rsd.score == "raw" else student
         if t_logits is None:
-            tokens = sample_from(student, uniforms_for(generators, 1).to(student.device)).squeeze(-1)
+            # student-only: one draw; fallback-only RSD: the same 2N + 1 draws RSD makes, its last one
+            n = 2 * self.rsd.trials + 1 if self.fallback_only else 1
+            u = uniforms_for(generators, n)[:, -1:].to(student.device)
+            tokens = sample_from(student, u).squeeze(-1)
             proposal_p = torch.full_like(tokens, math.nan, dtype=torch.float64)
-            fallback = tried = torch.zeros_like(tokens)
+            fallback = torch.full_like(tokens, int(self.fallback_only))
+            tried = torch.full_like(tokens, self.rsd.trials if self.fallback_only else 0)
         else:
             alpha = self.rsd.rule(score, proposal)
             u = uniforms_for(generators, 2 * self.rsd.trials + 1).to(student.device)
@@ -235,6 +255,13 @@ class Engine:
         a = score.gather(-1, tokens[:, None]).squeeze(-1)
         columns = (tokens, proposal_p, a, fallback, tried)
         return torch.stack([c.double() for c in columns], dim=1).tolist()  # one device sync per step
+
+    def _proposal(self, t_logits: torch.Tensor) -> torch.Tensor:
+        """T [N, Vs] from teacher logits [N, Vt_model] (see `Sampling` for the order of filtering)."""
+        if self.sampling.logprobs == "none":
+            return self.sampling.probs(self.alignment.teacher_logits_to_student(t_logits))
+        own = self.sampling.probs(t_logits[:, : self.alignment.teacher_size])  # [N, Vt]
+        return self.alignment.teacher_probs_to_student(own)
 
     @torch.inference_mode()
     def _block(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch) -> list[list[list[float]]]:
@@ -272,7 +299,7 @@ class Engine:
         )
         # P at each of the K+1 positions, from the closed form.
         s_logits_all = torch.stack(s_logits, 1)  # [B, K+1, V]
-        proposal = self.sampling.probs(self.alignment.teacher_logits_to_student(t_logits.flatten(0, 1)))
+        proposal = self._proposal(t_logits.flatten(0, 1))
         student_p = torch.stack(s_probs, 1).flatten(0, 1)  # [B(K+1), V]
         score = s_logits_all.flatten(0, 1).softmax(-1) if self.rsd.score == "raw" else student_p
         alpha = self.rsd.rule(score, proposal)

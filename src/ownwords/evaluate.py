@@ -19,10 +19,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import Question, build_prompt, load_rows
+from .data import Question, build_prompt, load_hub, load_rows, unescape
 from .engine import Engine, Request, Sampling, Trace
+from .errors import UserError, check_fields
 from .generate import sample_seed, trace_record
-from .lm import DTYPES, load_model, stop_token_ids
+from .lm import DTYPES, check_device, load_model, model_fingerprint, stop_token_ids
 from .select import thinking_markers
 from .store import TraceStore
 from .verify import extract_answer, grade
@@ -112,34 +113,35 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.models, self.benchmarks = _split(self.models), _split(self.benchmarks)
+        self.generation_prefix = unescape(self.generation_prefix)
         try:
             self.temperatures = [float(t) for t in _split(self.temperatures)]
         except ValueError:
-            raise ValueError(
-                f"--temperatures {self.temperatures!r}: expected numbers, e.g. 0.6,0.8"
-            ) from None
+            raise UserError(f"temperatures {self.temperatures!r}: expected numbers, e.g. 0.6,0.8") from None
         if not self.models:
-            raise ValueError("--models is required (one or more models)")
+            raise UserError("models is required (one or more models)")
         unknown = [b for b in self.benchmarks if b not in REGISTRY]
         if unknown:
-            raise ValueError(f"unknown benchmark(s) {unknown}; expected any of {', '.join(REGISTRY)}")
-        checks = [
-            (self.samples >= 1, "samples", "an integer >= 1"),
-            (
-                all(t >= 0 for t in self.temperatures) and self.temperatures,
-                "temperatures",
-                "one or more values >= 0",
-            ),
-            (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
-            (self.thinking_budget is None or self.thinking_budget >= 1, "thinking_budget", ">= 1"),
-            (self.batch_size >= 1, "batch_size", ">= 1"),
-            (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} is {getattr(self, name)!r}; expected {expected}"
-                )
+            raise UserError(f"unknown benchmark(s) {unknown}; expected any of {', '.join(REGISTRY)}")
+        check_fields(
+            self,
+            [
+                (self.samples >= 1, "samples", "an integer >= 1"),
+                (
+                    bool(self.temperatures) and all(0 <= t < math.inf for t in self.temperatures),
+                    "temperatures",
+                    "one or more finite values >= 0",
+                ),
+                (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
+                (self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1"),
+                (self.thinking_budget is None or self.thinking_budget >= 1, "thinking_budget", ">= 1"),
+                (self.answer_tokens >= 1, "answer_tokens", "an integer >= 1"),
+                (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
+                (self.batch_size >= 1, "batch_size", ">= 1"),
+                (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
+            ],
+        )
+        check_device(self.device)
         self.data_paths()  # validates the --data entries
 
     def data_paths(self) -> dict[str, str]:
@@ -148,10 +150,10 @@ class EvalConfig:
             name, sep, path = entry.partition("=")
             if not sep:
                 if len(self.benchmarks) != 1:
-                    raise ValueError(f"--data {entry!r}: with several benchmarks write NAME=PATH")
+                    raise UserError(f"--data {entry!r}: with several benchmarks write NAME=PATH")
                 name, path = self.benchmarks[0], entry
             if name not in self.benchmarks:
-                raise ValueError(f"--data {entry!r}: {name!r} is not among --benchmarks {self.benchmarks}")
+                raise UserError(f"--data {entry!r}: {name!r} is not among --benchmarks {self.benchmarks}")
             paths[name] = path
         for name in self.benchmarks:
             if name not in paths and self.data_dir:
@@ -179,14 +181,9 @@ def load_benchmark(
     """A benchmark's questions (the prompt text the model sees) with gold answers in its answer kind."""
     bench = REGISTRY[name]
     if path is None and not bench.hub[0]:
-        raise ValueError(f"benchmark {name!r} has no hub copy; give its file with --data")
-    if path is not None:
-        rows = load_rows(path)
-    else:
-        from datasets import load_dataset
-
-        hub_id, config, split = bench.hub
-        rows = load_dataset(hub_id, config, split=split)
+        raise UserError(f"benchmark {name!r} has no hub copy; give its file with --data")
+    what = f"benchmark {name!r} data"
+    rows = load_rows(path, what=what) if path is not None else load_hub(what, *bench.hub)
     source = path or bench.hub[0]
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
@@ -199,7 +196,7 @@ def _field(source: str, row: dict, names: tuple[str, ...], what: str, index: int
     for n in names:
         if n in row and row[n] is not None and str(row[n]).strip():
             return row[n]
-    raise ValueError(f"{source}: row {index} has no {what} (looked for {list(names)}; it has {sorted(row)})")
+    raise UserError(f"{source}: row {index} has no {what} (looked for {list(names)}; it has {sorted(row)})")
 
 
 def _open_question(source: str, index: int, row: dict, instruction: bool = True) -> Question:
@@ -233,7 +230,7 @@ def _choice_question(source: str, index: int, row: dict) -> Question:
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), for n samples with c correct."""
     if k > n:
-        raise ValueError(f"pass@{k} needs at least {k} samples per question, got n={n}")
+        raise UserError(f"pass@{k} needs at least {k} samples per question, got n={n}")
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
@@ -271,6 +268,7 @@ def _majority(verdicts: list[bool], answers: list[str | None]) -> bool:
 
 def evaluate(config: EvalConfig) -> dict:
     """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
+    check_device(config.device)
     paths = config.data_paths()
     questions = {
         b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
@@ -313,9 +311,12 @@ def _evaluate_model(config: EvalConfig, model_name: str, questions: dict[str, li
 
 
 def _run(config, store, model, tokenizer, bench, questions, temperature):
-    run = f"{bench}@T={temperature}"
+    # Records are keyed to the weights evaluated: re-saved weights at the same path are a new run.
+    fingerprint = model_fingerprint(model.name_or_path)
+    run = f"{bench}@T={temperature}@{fingerprint[:12]}"
     identity = dict(
         model=model.name_or_path,
+        model_fingerprint=fingerprint,
         benchmark=bench,
         temperature=temperature,
         top_p=config.top_p,
@@ -328,6 +329,7 @@ def _run(config, store, model, tokenizer, bench, questions, temperature):
         dtype=config.dtype,
         instruction=config.instruction,
     )
+    store.lock_run(run)
     store.open_run(run, identity)
     done = store.done(run)
     by_id = {q.id: q for q in questions}
@@ -398,7 +400,7 @@ def _generate(config, model, tokenizer, sampling, requests):
         return
     markers = thinking_markers(tokenizer, config.generation_prefix)
     if markers is None:
-        raise ValueError(
+        raise UserError(
             "--thinking-budget needs a --generation-prefix that opens a thinking block (e.g. '<think>\\n')"
         )
     close = tokenizer.encode(f"\n{markers[1]}\n\n", add_special_tokens=False)

@@ -14,12 +14,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .select import chosen_samples
+from .errors import UserError
 from .store import TraceStore
 
 logger = logging.getLogger(__name__)
 
 FILE_FORMATS = (".jsonl", ".parquet")
+SAVED_DATASET = {"dataset_info.json", "state.json"}  # what `save_to_disk` writes beside its data-*.arrow
 
 
 @dataclass
@@ -38,11 +39,31 @@ class ExportConfig:
     def __post_init__(self) -> None:
         for name in ("store", "out"):
             if not getattr(self, name):
-                raise ValueError(f"--{name} is required")
-        if not Path(self.store).is_file():
-            raise FileNotFoundError(f"store {self.store!r} does not exist")
-        if Path(self.out).exists() and not self.overwrite:
-            raise FileExistsError(f"output {self.out!r} already exists; pass --overwrite to replace it")
+                raise UserError(f"{name} is required")
+        store, out = Path(self.store).resolve(), Path(self.out).resolve()
+        if out == store or out in store.parents:
+            raise UserError(
+                f"output {self.out!r} is, or contains, the store {self.store!r}; choose another output"
+            )
+        if out.suffix and out.suffix not in FILE_FORMATS:
+            raise UserError(
+                f"output {self.out!r}: expected a .jsonl or .parquet file, or a directory (no suffix)"
+            )
+        if out.exists() and not self.overwrite:
+            raise UserError(f"output {self.out!r} already exists; pass --overwrite to replace it")
+        if out.exists() and (
+            out.is_dir() != (not out.suffix) or (out.is_dir() and not _is_saved_dataset(out))
+        ):
+            raise UserError(
+                f"output {self.out!r} exists and is not an export ownwords would write there "
+                f"({'a folder' if out.is_dir() else 'a file'} of other content); it is not replaced"
+            )
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder `save_to_disk` wrote: its index files and data shards, nothing else."""
+    names = {p.name for p in folder.iterdir()}
+    return names >= SAVED_DATASET and all(n in SAVED_DATASET or n.startswith("data-") for n in names)
 
 
 def to_rows(samples: list[dict], run_config: dict) -> list[dict]:
@@ -70,20 +91,22 @@ def export(config: ExportConfig):
     """Write the chosen samples of the run; returns the `datasets.Dataset`."""
     from datasets import Dataset
 
-    with TraceStore(config.store) as store:
-        run_config = store.runs().get(config.run)
-        if run_config is None:
-            raise ValueError(
-                f"store {config.store!r} has no run {config.run!r}; it has {sorted(store.runs())}"
-            )
-        rows = to_rows(chosen_samples(store, config.run), run_config)
+    with TraceStore(config.store, create=False, write=False) as store:
+        rows = to_rows(store.chosen(config.run), store.require_run(config.run))
     if not rows:
-        raise ValueError(f"run {config.run!r} in {config.store!r} has no chosen sample to export")
+        raise UserError(f"run {config.run!r} in {config.store!r} has no chosen sample to export")
     dataset = Dataset.from_list(rows)
-    _write_atomically(dataset, Path(config.out))
-    logger.info("exported %d traces to %s", len(dataset), config.out)
+    try:
+        _write_atomically(dataset, Path(config.out))
+    except OSError as err:
+        raise UserError(f"output {config.out!r}: cannot write it ({err})") from err
     if config.push_to_hub:
-        dataset.push_to_hub(config.push_to_hub, private=config.private)
+        try:
+            dataset.push_to_hub(config.push_to_hub, private=config.private)
+        except OSError as err:  # unreachable hub, no token, no rights: the local export stands
+            raise UserError(
+                f"push to hub repo {config.push_to_hub!r} failed ({err}); {config.out!r} was written"
+            ) from err
     return dataset
 
 
@@ -97,13 +120,9 @@ def _write_atomically(dataset, out: Path) -> None:
             dataset.to_json(str(target), lines=True, force_ascii=False)
         elif out.suffix == ".parquet":
             dataset.to_parquet(str(target))
-        elif out.suffix:
-            raise ValueError(
-                f"output {str(out)!r}: expected a .jsonl or .parquet file, or a directory (no suffix)"
-            )
         else:
             dataset.save_to_disk(str(target))
-        if out.is_dir():
+        if out.is_dir():  # only ever a dataset folder an earlier export wrote (checked by ExportConfig)
             shutil.rmtree(out)
         target.replace(out)
     finally:

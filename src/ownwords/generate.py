@@ -13,26 +13,29 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import to_dict
-from .data import build_prompt, load_questions
+from .data import Question, build_prompt, load_questions, questions_fingerprint, unescape
 from .engine import RSD, Engine, Request, Sampling, Trace
-from .lm import DTYPES, load_pair
-from .sampling import RULES, AcceptanceRule
-from .store import TraceStore
+from .errors import UserError, check_fields
+from .lm import DTYPES, check_device, load_pair
+from .sampling import LOGPROBS, RULES, AcceptanceRule
+from .store import StoreError, TraceStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+MAX_TRIALS = 1000  # each trial costs two float64 uniforms per row and step
 PRESETS = {
-    # The paper authors' code (DESIGN §2). vLLM returned top-20 log-probabilities computed *before*
-    # temperature and top-p, so the preset builds T and S from the raw logits' top-20 (`raw_logprobs`);
-    # `--raw-logprobs false` applies temperature 0.7 / top-p 0.95 first instead.
+    # The paper authors' code (DESIGN §2): T and S are the top-20 log-probabilities vLLM returned,
+    # renormalised (T over the shared tokens, after taking the teacher's own top 20). Which
+    # log-probabilities vLLM returned depends on its `logprobs_mode`: "raw" (the default here: before
+    # temperature and top-p) or "processed" (after them), one flag away. Accepted tokens must also
+    # be in the student's top 20 (acceptance_top_k), except for the baselines p_th = 0 and p_th > 1.
     "paper": dict(
         threshold=0.01,
         rule="threshold",
         trials=5,
         top_k=20,
-        acceptance_top_k=20,
-        raw_logprobs=True,
+        logprobs="raw",
         temperature=0.7,
         top_p=0.95,
         max_length=8192,
@@ -43,6 +46,7 @@ PRESETS = {
 }
 # Settings that do not change what a sample is; a run may be resumed with other values.
 OPERATIONAL = ("batch_size", "store", "limit", "samples", "device", "run", "progress")
+PRESET_ACCEPTANCE_TOP_K = {"paper": 20}
 
 
 @dataclass
@@ -76,8 +80,12 @@ class GenerateConfig:
         },
     )
     rule: str = field(default="threshold", metadata={"help": f"Acceptance rule: {', '.join(RULES)}."})
-    acceptance_top_k: int = field(
-        default=0, metadata={"help": "Also require accepted tokens in the student's top-k (0 = off)."}
+    acceptance_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Also require accepted tokens in the student's top-k (0 = off; default 0, or 20 under "
+            "--preset paper except for the baselines --threshold 0 and > 1)."
+        },
     )
     score: str = field(
         default="raw",
@@ -93,8 +101,13 @@ class GenerateConfig:
     )
     top_p: float = field(default=0.95, metadata={"help": "Nucleus filter of T and S (1 = off)."})
     top_k: int = field(default=0, metadata={"help": "Top-k filter of T and S (0 = off)."})
-    raw_logprobs: bool = field(
-        default=False, metadata={"help": "Build T and S from raw logits (temperature and top-p not applied)."}
+    logprobs: str = field(
+        default="none",
+        metadata={
+            "help": "T and S as vLLM's top-k log-probabilities were: none (the sampler's own distribution), "
+            "raw (logprobs_mode=raw_logprobs: top-k of the plain softmax), processed (processed_logprobs: "
+            "temperature, top-p, then top-k)."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Samples generated together."})
     speculate: int = field(
@@ -112,7 +125,10 @@ class GenerateConfig:
         default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt ('' for none)."}
     )
     generation_prefix: str = field(
-        default="", metadata={"help": "Text after the assistant turn's opening, e.g. '<think>\\n'."}
+        default="",
+        metadata={
+            "help": "Text after the assistant turn's opening, e.g. '<think>\\n' (\\n and \\t are read as escapes)."
+        },
     )
     stop_strings: list[str] = field(
         default_factory=list, metadata={"help": "Stop when any of these strings is generated."}
@@ -138,38 +154,62 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         for name in ("teacher", "student", "questions"):
             if not getattr(self, name):
-                raise ValueError(f"--{name} is required")
-        checks = [
-            (self.samples >= 1, "samples", "an integer >= 1"),
-            (self.trials >= 1, "trials", "an integer >= 1"),
-            (self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1"),
-            (self.max_length >= 2, "max_length", "an integer >= 2"),
-            (self.temperature >= 0, "temperature", ">= 0"),
-            (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
-            (self.top_k >= 0, "top_k", ">= 0"),
-            (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-            (self.speculate >= 0, "speculate", "an integer >= 0"),
-            (self.score in ("raw", "processed"), "score", "'raw' or 'processed'"),
-            (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
-            (0 <= self.min_vocab_overlap <= 1, "min_vocab_overlap", "in [0, 1]"),
-            (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
-            (math.isfinite(self.threshold), "threshold", "a finite number"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} is {getattr(self, name)!r}; expected {expected}"
-                )
+                raise UserError(f"{name} is required")
+        self.generation_prefix = unescape(self.generation_prefix)
+        self.stop_strings = [unescape(x) for x in self.stop_strings]
+        check_fields(
+            self,
+            [
+                (self.samples >= 1, "samples", "an integer >= 1"),
+                (1 <= self.trials <= MAX_TRIALS, "trials", f"an integer in [1, {MAX_TRIALS}]"),
+                (self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1"),
+                (self.max_length >= 2, "max_length", "an integer >= 2"),
+                (0 <= self.temperature < math.inf, "temperature", "a finite number >= 0"),
+                (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
+                (self.top_k >= 0, "top_k", ">= 0"),
+                (self.logprobs in LOGPROBS, "logprobs", f"one of {', '.join(LOGPROBS)}"),
+                (
+                    self.logprobs == "none" or self.top_k > 0,
+                    "top_k",
+                    "> 0 with logprobs raw/processed (the list's length)",
+                ),
+                (self.batch_size >= 1, "batch_size", "an integer >= 1"),
+                (self.speculate >= 0, "speculate", "an integer >= 0"),
+                (self.score in ("raw", "processed"), "score", "'raw' or 'processed'"),
+                (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
+                (0 <= self.min_vocab_overlap <= 1, "min_vocab_overlap", "in [0, 1]"),
+                (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
+                (math.isfinite(self.threshold), "threshold", "a finite number"),
+                (self.acceptance_top_k is None or self.acceptance_top_k >= 0, "acceptance_top_k", ">= 0"),
+                (self.preset is None or self.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}"),
+            ],
+        )
+        self._resolve_baselines()
         try:
             self.acceptance_rule()
         except ValueError as err:
-            raise ValueError(f"--threshold / --rule: {err}") from None
+            raise UserError(f"threshold / rule: {err}") from None
+
+    def _resolve_baselines(self) -> None:
+        """p_th = 0 is plain teacher sampling and p_th > 1 plain student sampling, whatever the preset
+        sets; options that would make a baseline something else are refused, not reinterpreted."""
+        teacher_only = self.rule == "threshold" and self.threshold == 0
+        student_only = self.rule == "threshold" and self.threshold > 1
+        if self.acceptance_top_k is None:
+            preset_k = PRESET_ACCEPTANCE_TOP_K.get(self.preset or "", 0)
+            self.acceptance_top_k = 0 if teacher_only or student_only else preset_k
+        elif teacher_only and self.acceptance_top_k > 0:
+            raise UserError(
+                f"threshold 0 is the teacher-only baseline (every proposal accepted), but acceptance_top_k "
+                f"{self.acceptance_top_k} would reject proposals outside the student's top-k; drop "
+                "acceptance_top_k for the baseline, or use a threshold > 0"
+            )
 
     def acceptance_rule(self) -> AcceptanceRule:
         return AcceptanceRule(self.rule, self.threshold, self.acceptance_top_k)
 
     def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_k, self.top_p, self.raw_logprobs)
+        return Sampling(self.temperature, self.top_k, self.top_p, self.logprobs)
 
 
 def sample_seed(run_seed: int, question_id: str, sample_index: int) -> int:
@@ -180,32 +220,59 @@ def sample_seed(run_seed: int, question_id: str, sample_index: int) -> int:
 
 def generate(config: GenerateConfig) -> dict:
     """Generate every missing sample of the run into the store; returns the run's summary."""
-    store = TraceStore(config.store)
-    try:
-        return _generate(config, store)
-    finally:
-        store.close()
+    check_device(config.device)  # here, not in the config: a GPU recipe must load on any machine
+    with TraceStore(config.store) as store:  # refuses a foreign or read-only store before any work
+        store.lock_run(config.run)
+        questions, identity = plan_questions(config, store)
+        student, s_tok, teacher, alignment = load_pair(
+            config.teacher,
+            config.student,
+            config.device,
+            config.dtype,
+            config.trust_remote_code,
+            config.min_vocab_overlap,
+        )
+        engine = make_engine(config, student, s_tok, teacher, alignment)
+        store.open_run(config.run, identity, ignore=OPERATIONAL)  # inputs are valid: register the run
+        requests = plan_requests(config, questions, s_tok, store.done(config.run))
+        logger.info(
+            "run %r: %d samples to generate, %d already in %s",
+            config.run,
+            len(requests),
+            len(questions) * config.samples - len(requests),
+            config.store,
+        )
+        written = write_traces(config, store, engine, requests, {q.id: q for q in questions}, s_tok)
+        summary = store.summary(config.run) | written | {"engine": engine.stats}
+    summary_path(config.store, config.run).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
-def _generate(config: GenerateConfig, store: TraceStore) -> dict:
-    store.check_run(config.run, to_dict(config), ignore=OPERATIONAL)  # refuse early, before loading models
+def summary_path(store: str, run: str) -> Path:
+    return Path(f"{store}.{run}.summary.json")
+
+
+def plan_questions(config: GenerateConfig, store: TraceStore) -> tuple[list[Question], dict]:
+    """The run's questions and its identity (config + questions fingerprint), checked against what
+    the store already holds: a changed config or an edited question file is refused here."""
     questions = load_questions(
-        config.questions,
-        config.question_field,
-        config.answer_field,
-        config.id_field,
-        config.split,
-        config.limit,
+        config.questions, config.question_field, config.answer_field, config.id_field, config.split
     )
-    student, s_tok, teacher, alignment = load_pair(
-        config.teacher,
-        config.student,
-        config.device,
-        config.dtype,
-        config.trust_remote_code,
-        config.min_vocab_overlap,
-    )
-    engine = Engine(
+    fingerprint = questions_fingerprint(questions)  # of the whole set: --limit may change on resume
+    identity = to_dict(config) | {"questions_sha256": fingerprint}
+    stored = store.runs().get(config.run)
+    if stored is not None and stored.get("questions_sha256") != fingerprint:
+        raise StoreError(
+            f"questions {config.questions!r} changed since run {config.run!r} of store {config.store!r} "
+            "was started (their content fingerprint differs); resuming would mix two versions of the "
+            "questions in one run: restore the file, or start another run"
+        )
+    store.check_run(config.run, identity, ignore=OPERATIONAL)
+    return questions[: config.limit], identity
+
+
+def make_engine(config: GenerateConfig, student, s_tok, teacher, alignment) -> Engine:
+    return Engine(
         student,
         s_tok,
         teacher,
@@ -218,43 +285,48 @@ def _generate(config: GenerateConfig, store: TraceStore) -> dict:
         batch_size=config.batch_size,
         speculate=config.speculate,
     )
-    store.open_run(config.run, to_dict(config), ignore=OPERATIONAL)  # inputs are valid: register the run
+
+
+def plan_requests(
+    config: GenerateConfig, questions: list[Question], tokenizer, done: set[tuple[str, int]]
+) -> list[Request]:
+    """One request per (question, sample index) not yet in the store, each with its own seed."""
     system = config.system_prompt or None
-    done = store.done(config.run)
-    by_id = {q.id: q for q in questions}
-    requests = [
+    return [
         Request(
             q.id,
             i,
-            build_prompt(s_tok, q.question, system, config.generation_prefix),
+            build_prompt(tokenizer, q.question, system, config.generation_prefix),
             sample_seed(config.seed, q.id, i),
         )
         for q in questions
         for i in range(config.samples)
         if (q.id, i) not in done
     ]
-    logger.info(
-        "run %r: %d samples to generate, %d already in %s", config.run, len(requests), len(done), config.store
-    )
+
+
+def write_traces(config, store: TraceStore, engine: Engine, requests, by_id: dict, tokenizer) -> dict:
+    """Run the engine and write each trace as it finishes; returns this call's counts."""
     started, tokens, fallbacks = time.perf_counter(), 0, 0
     bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not config.progress or None)
     for trace in engine.run(requests):
-        store.add(config.run, trace_record(trace, by_id[trace.request.question_id], s_tok, engine.stop_ids))
+        store.add(
+            config.run, trace_record(trace, by_id[trace.request.question_id], tokenizer, engine.stop_ids)
+        )
         tokens, fallbacks = tokens + len(trace.token_ids), fallbacks + sum(trace.fallbacks)
-        elapsed = time.perf_counter() - started
-        bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", fallback=f"{fallbacks / max(tokens, 1):.3f}")
+        bar.set_postfix(
+            tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
+            fallback=f"{fallbacks / max(tokens, 1):.3f}",
+        )
         bar.update()
     bar.close()
-    summary = summarize(store, config.run)
-    summary.update(
-        engine=engine.stats,
+    wall = time.perf_counter() - started
+    return dict(
         new_samples=len(requests),
         new_tokens=tokens,
-        wall_seconds=time.perf_counter() - started,
-        tokens_per_second=tokens / max(time.perf_counter() - started, 1e-9),
+        wall_seconds=wall,
+        tokens_per_second=tokens / max(wall, 1e-9),
     )
-    Path(f"{config.store}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def trace_record(trace: Trace, question, tokenizer, stop_ids: set[int]) -> dict:
@@ -278,28 +350,4 @@ def trace_record(trace: Trace, question, tokenizer, stop_ids: set[int]) -> dict:
         n_fallbacks=sum(trace.fallbacks),
         finish_reason=trace.finish_reason,
         wall_seconds=trace.wall_seconds,
-    )
-
-
-def summarize(store: TraceStore, run: str) -> dict:
-    """Totals over every sample of `run` in the store."""
-    row = store.db.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT question_id), COALESCE(SUM(n_tokens), 0), COALESCE(SUM(n_fallbacks), 0) "
-        "FROM samples WHERE run = ?",
-        (run,),
-    ).fetchone()
-    reasons = dict(
-        store.db.execute(
-            "SELECT finish_reason, COUNT(*) FROM samples WHERE run = ? GROUP BY 1", (run,)
-        ).fetchall()
-    )
-    samples, questions, tokens, fallbacks = row
-    return dict(
-        run=run,
-        store=str(store.path),
-        samples=samples,
-        questions=questions,
-        tokens=tokens,
-        fallback_rate=fallbacks / tokens if tokens else 0.0,
-        finish_reasons=reasons,
     )

@@ -27,22 +27,45 @@ import torch
 RULES = ("threshold", "rank", "nucleus", "ratio", "percentile")
 
 
+LOGPROBS = ("none", "raw", "processed")
+
+
 def probs_from_logits(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, logprobs: str = "none"
 ) -> torch.Tensor:
-    """Sampling distribution [B, V] (float32) from logits [B, V]; ``-inf`` logits are masked tokens.
+    """A distribution [B, V] (float32) from logits [B, V]; ``-inf`` logits are masked tokens.
+
+    ``logprobs`` says which one (the paper's code read top-k log-probabilities from vLLM):
+
+    * ``none`` -- the sampler's own: temperature, then top-k, then top-p.
+    * ``raw`` -- vLLM ``logprobs_mode="raw_logprobs"``: the top-k of the plain softmax (temperature 1,
+      no top-p), renormalised.
+    * ``processed`` -- vLLM ``logprobs_mode="processed_logprobs"``: temperature, then top-p over the
+      full vocabulary, then the top-k of that, renormalised.
 
     temperature 0 is greedy (a one-hot on the argmax); top_k 0 and top_p 1 disable those filters.
     """
     logits = logits.float()
+    if logprobs == "raw":
+        return _top_k(logits, top_k).softmax(-1)
     if temperature == 0:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits / temperature
+    if logprobs == "processed":
+        probs = _top_p(logits.softmax(-1), top_p) if top_p < 1.0 else logits.softmax(-1)
+        if 0 < top_k < probs.shape[-1]:  # the top-k of the nucleus, renormalised
+            probs = probs.masked_fill(probs < probs.topk(top_k, dim=-1).values[..., -1:], 0.0)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return probs
+    probs = _top_k(logits, top_k).softmax(-1)
+    return _top_p(probs, top_p) if top_p < 1.0 else probs
+
+
+def _top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, -math.inf)
-    probs = logits.softmax(-1)
-    return _top_p(probs, top_p) if top_p < 1.0 else probs
+    return logits
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -93,6 +116,11 @@ class AcceptanceRule:
     name: str = "threshold"
     value: float = 0.01
     top_k: int = 0
+
+    @property
+    def never_accepts(self) -> bool:
+        """No token can pass (a probability never reaches a threshold > 1): P = S, no teacher needed."""
+        return self.name == "threshold" and self.value > 1
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
@@ -173,6 +201,7 @@ def rsd_sample(
     candidates = sample_from(proposal, uniforms[:, :trials])  # [B, N]
     coins = uniforms[:, trials : 2 * trials]  # [B, N]
     accepted = coins < alpha.gather(-1, candidates).double()  # [B, N]
+    accepted &= proposal.sum(-1, keepdim=True) > 0  # a row with no proposal (T = 0 everywhere) falls back
     fallback = ~accepted.any(-1)  # [B]
     first = accepted.long().argmax(-1)  # [B]; first accepted trial (0 when none)
     drawn = sample_from(student, uniforms[:, -1:]).squeeze(-1)  # [B]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import to_dict
+from .errors import UserError, check_fields
 from .store import TraceStore
 from .verify import KINDS, extract_answer, grade
 
@@ -29,19 +30,6 @@ logger = logging.getLogger(__name__)
 
 FILTERS = ("finished", "thinking_format", "fallback_rate", "has_answer", "unverifiable", "correct")
 POLICIES = ("shortest", "first", "all")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS selection (
-    run TEXT NOT NULL,
-    question_id TEXT NOT NULL,
-    sample_index INTEGER NOT NULL,
-    status TEXT NOT NULL,      -- chosen | passed | dropped
-    reason TEXT,               -- for dropped: the first filter that dropped it
-    answer TEXT,               -- the extracted final answer
-    correct INTEGER,           -- 1 / 0 / NULL (gold answer unverifiable, or not checked)
-    PRIMARY KEY (run, question_id, sample_index)
-);
-CREATE TABLE IF NOT EXISTS selection_reports (run TEXT PRIMARY KEY, config TEXT NOT NULL, report TEXT NOT NULL);
-"""
 
 
 @dataclass
@@ -74,20 +62,16 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         if not self.store:
-            raise ValueError("--store is required")
-        if not Path(self.store).is_file():
-            raise FileNotFoundError(f"store {self.store!r} does not exist")
-        checks = [
-            (self.policy in POLICIES, "policy", f"one of {', '.join(POLICIES)}"),
-            (0 <= self.max_fallback_rate <= 1, "max_fallback_rate", "in [0, 1]"),
-            (self.unverifiable in ("keep", "drop"), "unverifiable", "keep or drop"),
-            (self.kind == "auto" or self.kind in KINDS, "kind", f"auto or one of {', '.join(KINDS)}"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} is {getattr(self, name)!r}; expected {expected}"
-                )
+            raise UserError("store is required")
+        check_fields(
+            self,
+            [
+                (self.policy in POLICIES, "policy", f"one of {', '.join(POLICIES)}"),
+                (0 <= self.max_fallback_rate <= 1, "max_fallback_rate", "in [0, 1]"),
+                (self.unverifiable in ("keep", "drop"), "unverifiable", "keep or drop"),
+                (self.kind == "auto" or self.kind in KINDS, "kind", f"auto or one of {', '.join(KINDS)}"),
+            ],
+        )
 
 
 def thinking_markers(tokenizer, prompt: str) -> tuple[str, str] | None:
@@ -135,9 +119,9 @@ def choose(passing: list[dict], policy: str) -> list[dict]:
 
 def select(config: SelectConfig) -> dict:
     """Judge every sample of the run, write the selection into the store, return the report."""
-    with TraceStore(config.store) as store:
-        run_config = store.runs().get(config.run)
-        samples = list(store.samples(config.run))  # raises, naming the runs, if there is no such run
+    with TraceStore(config.store, create=False) as store:  # refuses a missing, foreign or read-only store
+        run_config = store.require_run(config.run)
+        samples = list(store.samples(config.run))
         thinking_end = config.thinking_end or _thinking_end(run_config, samples)
         by_question: dict[str, list[dict]] = defaultdict(list)
         rows, dropped = [], Counter()
@@ -156,7 +140,7 @@ def select(config: SelectConfig) -> dict:
             failed, answer, verdict = s.pop("_verdict")
             key = (s["question_id"], s["sample_index"])
             status = "dropped" if failed else "chosen" if key in chosen else "passed"
-            rows.append((config.run, *key, status, failed, answer, None if verdict is None else int(verdict)))
+            rows.append((*key, status, failed, answer, None if verdict is None else int(verdict)))
         questions = sorted({s["question_id"] for s in samples})
         report = dict(
             store=config.store,
@@ -171,7 +155,7 @@ def select(config: SelectConfig) -> dict:
             dropped={name: dropped[name] for name in FILTERS},
             questions_without_sample=[q for q in questions if q not in by_question],
         )
-        _write(store, config, rows, report)
+        store.write_selection(config.run, rows, to_dict(config), report)
     Path(f"{config.store}.{config.run}.select.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -184,41 +168,9 @@ def _thinking_end(run_config: dict, samples: list[dict]) -> str | None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(run_config["student"])
     except OSError as err:
-        raise FileNotFoundError(
+        raise UserError(
             f"cannot load the run's student tokenizer {run_config['student']!r} to find the end-of-thinking "
             f"marker ({err}); pass --thinking-end"
         ) from err
     markers = thinking_markers(tokenizer, samples[0]["prompt"])
     return markers[1] if markers else None
-
-
-def _write(store: TraceStore, config: SelectConfig, rows: list[tuple], report: dict) -> None:
-    """Replace the run's selection in one transaction: a failure leaves the previous one intact."""
-    store.db.executescript(SCHEMA)
-    with store.db:
-        store.db.execute("BEGIN")
-        store.db.execute("DELETE FROM selection WHERE run = ?", (config.run,))
-        store.db.executemany("INSERT INTO selection VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        store.db.execute(
-            "INSERT OR REPLACE INTO selection_reports VALUES (?, ?, ?)",
-            (config.run, json.dumps(to_dict(config)), json.dumps(report)),
-        )
-
-
-def chosen_samples(store: TraceStore, run: str) -> list[dict]:
-    """The run's chosen samples, in question then sample order."""
-    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if (
-        "selection" not in tables
-        or not store.db.execute("SELECT 1 FROM selection WHERE run = ?", (run,)).fetchone()
-    ):
-        raise ValueError(
-            f"store {str(store.path)!r} has no selection for run {run!r}; run `ownwords select` first"
-        )
-    keys = {
-        (r[0], r[1])
-        for r in store.db.execute(
-            "SELECT question_id, sample_index FROM selection WHERE run = ? AND status = 'chosen'", (run,)
-        )
-    }
-    return [s for s in store.samples(run) if (s["question_id"], s["sample_index"]) in keys]

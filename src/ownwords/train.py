@@ -18,6 +18,10 @@ from pathlib import Path
 import torch
 from trl import SFTConfig
 
+from .data import load_rows
+from .errors import MissingInput, UserError
+from .lm import load_model
+
 logger = logging.getLogger(__name__)
 
 OVERLONG = ("drop", "truncate")
@@ -83,11 +87,11 @@ class TrainConfig(SFTConfig):
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "output_dir"):
             if not getattr(self, name):
-                raise ValueError(f"--{name.replace('_', '-')} is required")
+                raise UserError(f"{name} is required")
         if self.overlong not in OVERLONG:
-            raise ValueError(f"--overlong is {self.overlong!r}; expected one of {', '.join(OVERLONG)}")
+            raise UserError(f"overlong is {self.overlong!r}; expected one of {', '.join(OVERLONG)}")
         if self.effective_batch_size < 1:
-            raise ValueError(f"--effective-batch-size is {self.effective_batch_size}; expected >= 1")
+            raise UserError(f"effective_batch_size is {self.effective_batch_size}; expected >= 1")
         gpu = torch.cuda.is_available() and not self.use_cpu
         self.bf16 = gpu if self.bf16 is None else self.bf16
         if self.activation_checkpointing is None:
@@ -103,27 +107,30 @@ class TrainConfig(SFTConfig):
 
 def load_traces(source: str):
     """A chat dataset with `prompt`/`completion` (or `messages`) columns, from a file, a directory or the hub."""
-    from datasets import load_dataset, load_from_disk
+    from datasets import load_from_disk
 
     path = Path(source)
     if path.is_dir():
         dataset = load_from_disk(str(path))
-    elif path.suffix in (".jsonl", ".json", ".parquet"):
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file {source!r} does not exist")
-        dataset = load_dataset(
-            "parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train"
-        )
-    elif source.startswith((".", "/", "~")) or path.suffix:
-        raise FileNotFoundError(f"dataset {source!r}: expected a .jsonl/.json/.parquet file or a directory")
+    elif path.suffix in (".jsonl", ".json", ".parquet") or not (
+        source.startswith((".", "/", "~")) or path.suffix
+    ):
+        dataset = load_rows(source, what="dataset")
     else:
-        dataset = load_dataset(source, split="train")
+        raise MissingInput(f"dataset {source!r}: expected a .jsonl/.json/.parquet file or a directory")
     columns = set(dataset.column_names)
     if not ({"prompt", "completion"} <= columns or "messages" in columns):
-        raise ValueError(
+        raise UserError(
             f"dataset {source!r} has columns {sorted(columns)}; expected 'prompt' and 'completion' "
             "(as `ownwords export` writes) or 'messages'"
         )
+    first = dataset[0]
+    for column in ("messages",) if "messages" in columns else ("prompt", "completion"):
+        if not (isinstance(first[column], list) and all(isinstance(m, dict) for m in first[column])):
+            raise UserError(
+                f"dataset {source!r}: column {column!r} holds {type(first[column]).__name__}, expected a list "
+                "of chat messages ({'role': ..., 'content': ...}) as `ownwords export` writes"
+            )
     return dataset
 
 
@@ -159,7 +166,7 @@ def apply_length_policy(dataset, tokenizer, config: TrainConfig):
     )
     keep = sorted(set(range(len(lengths))) - set(over))
     if not keep:
-        raise ValueError(f"every example of {config.dataset!r} is longer than max_length={config.max_length}")
+        raise UserError(f"every example of {config.dataset!r} is longer than max_length={config.max_length}")
     return dataset.select(keep)
 
 
@@ -181,7 +188,7 @@ def check_loss_mask(train_dataset, raw_dataset, tokenizer, n: int) -> None:
         if tokenizer.decode(prompt_ids) != expected_prompt or not tokenizer.decode(target_ids).startswith(
             content[:200]
         ):
-            raise ValueError(
+            raise UserError(
                 f"loss mask check failed on example {i}: with this chat template the prompt/completion split does "
                 "not match the prompt and the assistant turn (the template may rewrite earlier turns or the "
                 "assistant content); the loss would not be on the assistant tokens only"
@@ -190,17 +197,11 @@ def check_loss_mask(train_dataset, raw_dataset, tokenizer, n: int) -> None:
 
 def train(config: TrainConfig) -> dict:
     """Fine-tune, save the model + tokenizer, write train_summary.json and loss.png; returns the summary."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
     raw = load_traces(config.dataset)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(config.model)
-        model = AutoModelForCausalLM.from_pretrained(
-            config.model, dtype=torch.bfloat16 if config.bf16 else torch.float32, use_safetensors=True
-        )
-    except OSError as err:
-        raise FileNotFoundError(f"could not load model {config.model!r}: {err}") from err
+    model, tokenizer = load_model(config.model, "cpu", "bfloat16" if config.bf16 else "float32")
+    model.train()  # the Trainer places it on its device
     raw = apply_length_policy(raw, tokenizer, config)
     trainer = SFTTrainer(model, args=config, train_dataset=raw, processing_class=tokenizer)
     check_loss_mask(trainer.train_dataset, raw, tokenizer, config.mask_checks)

@@ -12,10 +12,14 @@ import re
 import threading
 from decimal import Decimal, InvalidOperation
 
+from .errors import UserError
+
 KINDS = ("math", "integer", "number", "choice")
 MAX_ANSWER_CHARS = 1000  # a longer "final answer" is not an answer; also bounds math-verify's work
 MAX_GOLD_CHARS = 200  # a longer gold without \boxed{} is a worked solution or proof: unverifiable
-BOX_COMMANDS = ("\\boxed", "\\fbox")
+BOX_RE = re.compile(r"\\(?:boxed|fbox)")
+BARE_BOX_RE = re.compile(r"\\(?:boxed|fbox) +([^\s$]{1,1000})")  # at most MAX_ANSWER_CHARS
+BRACE_RE = re.compile(r"[{}]")
 NUMBER = re.compile(r"-?[$€£]?\s?\d[\d,]*(?:\.\d+)?")
 CHOICE_PATTERNS = (
     re.compile(r"\\boxed\{\s*\(?([A-Da-d])\)?\s*\}"),
@@ -24,27 +28,43 @@ CHOICE_PATTERNS = (
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last balanced `\\boxed{...}` / `\\fbox{...}` (or `\\boxed 5`), else None."""
-    start = max(text.rfind(cmd) for cmd in BOX_COMMANDS)
-    while start >= 0:
-        found = _box_content(text, start)
+    """Content of the last balanced `\\boxed{...}` / `\\fbox{...}` (or `\\boxed 5`), else None.
+
+    Linear in the text: one regex pass finds the commands, one pass over the braces matches them, so
+    a response full of unbalanced boxes costs no more than any other of its length.
+    """
+    commands = [m.start() for m in BOX_RE.finditer(text)]
+    if not commands:
+        return None
+    closing = _matching_braces(text)
+    for start in reversed(commands):  # the last box first; an unbalanced one yields to the one before
+        found = _box_content(text, start, closing)
         if found is not None:
             return found
-        start = max(text.rfind(cmd, 0, start) for cmd in BOX_COMMANDS)  # unbalanced: try the one before
     return None
 
 
-def _box_content(text: str, start: int) -> str | None:
-    i = text.index("{", start) if "{" in text[start : start + 8] else -1
-    if i < 0:  # `\boxed 5`: the next whitespace-delimited token
-        match = re.match(r"\\(?:boxed|fbox) +([^\s$]+)", text[start : start + MAX_ANSWER_CHARS])
+def _matching_braces(text: str) -> dict[int, int]:
+    """{index of '{': index of its matching '}'} for every balanced pair."""
+    closing, stack = {}, []
+    for m in BRACE_RE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
+    return closing
+
+
+def _box_content(text: str, start: int, closing: dict[int, int]) -> str | None:
+    head = text[start : start + 8]
+    if "{" not in head:  # `\boxed 5`: the next whitespace-delimited token
+        match = BARE_BOX_RE.match(text, start)
         return match.group(1) if match else None
-    depth = 0
-    for j in range(i, min(len(text), i + MAX_ANSWER_CHARS + 2)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j].strip()
-    return None  # unbalanced, or longer than any answer
+    i = start + head.index("{")
+    j = closing.get(i)
+    if j is None or j - i > MAX_ANSWER_CHARS + 1:
+        return None  # unbalanced, or longer than any answer
+    return text[i + 1 : j].strip()
 
 
 def final_part(response: str, thinking_end: str | None = None) -> str:
@@ -137,4 +157,4 @@ def _math_equal(gold: str, answer: str) -> bool:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"answer kind {kind!r} is unknown; expected one of {', '.join(KINDS)}")
+        raise UserError(f"answer kind {kind!r} is unknown; expected one of {', '.join(KINDS)}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import UserError
+
 
 @dataclass
 class VocabAlignment:
@@ -42,12 +44,25 @@ class VocabAlignment:
         """Teacher logits [B, Vt_model] -> [B, Vs] on student ids; ``-inf`` where the token is not shared."""
         if self.identity:
             return logits[:, : self.student_size]
-        if logits.device not in self._gather:
-            self._gather[logits.device] = tuple(
-                t.to(logits.device) for t in self._gather[torch.device("cpu")]
-            )
-        columns, unshared = self._gather[logits.device]
+        columns, unshared = self._gather_on(logits.device)
         return logits.index_select(-1, columns).masked_fill_(unshared, -math.inf)
+
+    def teacher_probs_to_student(self, probs: torch.Tensor) -> torch.Tensor:
+        """A teacher distribution [B, Vt] over its own tokens -> [B, Vs] on student ids, renormalised
+        over the shared tokens (the authors' order: filter the teacher's own list, then drop what the
+        student cannot take). A row with no shared mass is all zero: nothing to propose."""
+        if self.identity:
+            moved = probs[:, : self.student_size]
+        else:
+            columns, unshared = self._gather_on(probs.device)
+            moved = probs.index_select(-1, columns).masked_fill_(unshared, 0.0)
+        total = moved.sum(-1, keepdim=True)
+        return torch.where(total > 0, moved / total.clamp_min(1e-30), 0.0)
+
+    def _gather_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._gather:
+            self._gather[device] = tuple(t.to(device) for t in self._gather[torch.device("cpu")])
+        return self._gather[device]
 
     def to_teacher(self, student_ids: list[int]) -> list[int]:
         """Student token ids -> teacher token ids (student-only tokens re-tokenised from their text)."""
@@ -80,7 +95,7 @@ def align_vocabularies(
     )
     overlap = min(len(pairs) / student_size, len(pairs) / teacher_size)
     if overlap < min_overlap:
-        raise ValueError(
+        raise UserError(
             f"teacher and student tokenizers share {len(pairs)} tokens: {len(pairs) / student_size:.1%} of the "
             f"student's {student_size} and {len(pairs) / teacher_size:.1%} of the teacher's {teacher_size}, "
             f"below the required overlap of {min_overlap:.0%}; RSD needs the two models to share a vocabulary "
