@@ -67,3 +67,36 @@ def crash_after(n: int):
             yield
     finally:
         TraceStore.add = original
+
+
+@contextmanager
+def read_only(path: Path):
+    """`path` (a file or a folder) read-only within the block, even for root (chattr +i); skips the
+    test where the file system cannot do that."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot make {path} read-only for root here (chattr: {done.stderr.decode().strip()})")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes (run lock files aside: empty, and kept by design)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }

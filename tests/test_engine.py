@@ -142,3 +142,39 @@ def test_one_token_prompts_join_a_running_batch(models, k):
     for r in reqs:
         alone = next(make_engine(models, 1, speculate=k).run([r]))
         assert batched[r.sample_index].token_ids == alone.token_ids
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_every_request_gets_a_trace_when_whole_batches_finish_at_their_prefill(models, k):
+    """max_new_tokens=1: every admitted row finishes at its prefill, so the running batch empties at
+    once; the engine must admit the next requests instead of returning (12 requests, batches of 5)."""
+    reqs = [Request(f"q{i}", i, r.prompt_ids, seed=i) for i, r in enumerate(requests(models, 12))]
+    traces = by_index(make_engine(models, 5, max_new_tokens=1, speculate=k).run(reqs))
+    assert sorted(traces) == list(range(12))
+    assert all(len(t.token_ids) == 1 for t in traces.values())
+
+
+def test_every_request_gets_a_trace_when_a_whole_batch_is_too_long(models):
+    reqs = requests(models, 6)
+    short = min(len(r.prompt_ids) for r in reqs)
+    # the first 3 prompts leave no room at all; the engine must still reach the last 3
+    reqs = sorted(reqs, key=lambda r: -len(r.prompt_ids))
+    engine = make_engine(models, 3, max_length=short + 2)
+    traces = by_index(engine.run(reqs))
+    assert sorted(traces) == sorted(r.sample_index for r in reqs)
+    assert any(t.token_ids for t in traces.values())
+
+
+def test_a_rule_that_never_accepts_costs_no_teacher_pass_and_emits_what_rsd_would(models, monkeypatch):
+    """p_th > 1: the student alone, every token a fallback after all trials; and the very tokens the
+    full RSD step emits (same per-sample draws), which the reference run computes with the teacher."""
+    engine = make_engine(models, 4, threshold=1.5)
+    fast = by_index(engine.run(requests(models)))
+    assert engine.stats["teacher_forwards"] == 0 and engine.teacher is None
+    for trace in fast.values():
+        assert all(trace.fallbacks) and set(trace.trials) == {5}
+    monkeypatch.setattr(AcceptanceRule, "never_accepts", property(lambda self: False))
+    reference = make_engine(models, 4, threshold=1.5)
+    slow = by_index(reference.run(requests(models)))
+    assert reference.stats["teacher_forwards"] > 0
+    assert {i: t.token_ids for i, t in fast.items()} == {i: t.token_ids for i, t in slow.items()}

@@ -77,7 +77,9 @@ def _check_jsonl(path: Path, source: str, what: str) -> None:
         raise UserError(f"{what} {source!r} is empty (no JSON lines)")
 
 
-def load_hub(what: str, dataset_id: str, config: str | None, split: str):
+def load_hub(
+    what: str, dataset_id: str, config: str | None, split: str, hint: str = "give a local file instead"
+):
     """A split of a hub dataset; an unreachable hub or an unknown id is a one-line UserError."""
     import os
 
@@ -91,8 +93,7 @@ def load_hub(what: str, dataset_id: str, config: str | None, split: str):
             " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
         )
         raise UserError(
-            f"{what} {dataset_id!r}: cannot load it from the Hugging Face Hub{offline} ({err}); "
-            "give a local file instead"
+            f"{what} {dataset_id!r}: cannot load it from the Hugging Face Hub{offline} ({err}); {hint}"
         ) from err
 
 

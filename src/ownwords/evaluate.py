@@ -183,7 +183,10 @@ def load_benchmark(
     if path is None and not bench.hub[0]:
         raise UserError(f"benchmark {name!r} has no hub copy; give its file with --data")
     what = f"benchmark {name!r} data"
-    rows = load_rows(path, what=what) if path is not None else load_hub(what, *bench.hub)
+    if path is not None:
+        rows = load_rows(path, what=what)
+    else:
+        rows = load_hub(what, *bench.hub, hint="give a local copy with --data or --data-dir")
     source = path or bench.hub[0]
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))

@@ -219,11 +219,19 @@ def sample_seed(run_seed: int, question_id: str, sample_index: int) -> int:
 
 
 def generate(config: GenerateConfig) -> dict:
-    """Generate every missing sample of the run into the store; returns the run's summary."""
+    """Generate every missing sample of the run into the store; returns the run's summary.
+
+    Inputs are checked before anything is written: the questions, then an existing store (foreign,
+    read-only, locked by another process, or holding this run with another config or other
+    questions), then the models. A new store is created only once all of them are good."""
     check_device(config.device)  # here, not in the config: a GPU recipe must load on any machine
-    with TraceStore(config.store) as store:  # refuses a foreign or read-only store before any work
-        store.lock_run(config.run)
-        questions, identity = plan_questions(config, store)
+    questions = load_questions(
+        config.questions, config.question_field, config.answer_field, config.id_field, config.split
+    )
+    identity = to_dict(config) | {"questions_sha256": questions_fingerprint(questions)}
+    questions = questions[: config.limit]  # the fingerprint covers the whole set: --limit may change
+    store = open_run_store(config, identity) if Path(config.store).is_file() else None
+    try:
         student, s_tok, teacher, alignment = load_pair(
             config.teacher,
             config.student,
@@ -233,6 +241,7 @@ def generate(config: GenerateConfig) -> dict:
             config.min_vocab_overlap,
         )
         engine = make_engine(config, student, s_tok, teacher, alignment)
+        store = store or open_run_store(config, identity)
         store.open_run(config.run, identity, ignore=OPERATIONAL)  # inputs are valid: register the run
         requests = plan_requests(config, questions, s_tok, store.done(config.run))
         logger.info(
@@ -244,6 +253,9 @@ def generate(config: GenerateConfig) -> dict:
         )
         written = write_traces(config, store, engine, requests, {q.id: q for q in questions}, s_tok)
         summary = store.summary(config.run) | written | {"engine": engine.stats}
+    finally:
+        if store is not None:
+            store.close()
     summary_path(config.store, config.run).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -252,23 +264,24 @@ def summary_path(store: str, run: str) -> Path:
     return Path(f"{store}.{run}.summary.json")
 
 
-def plan_questions(config: GenerateConfig, store: TraceStore) -> tuple[list[Question], dict]:
-    """The run's questions and its identity (config + questions fingerprint), checked against what
-    the store already holds: a changed config or an edited question file is refused here."""
-    questions = load_questions(
-        config.questions, config.question_field, config.answer_field, config.id_field, config.split
-    )
-    fingerprint = questions_fingerprint(questions)  # of the whole set: --limit may change on resume
-    identity = to_dict(config) | {"questions_sha256": fingerprint}
-    stored = store.runs().get(config.run)
-    if stored is not None and stored.get("questions_sha256") != fingerprint:
-        raise StoreError(
-            f"questions {config.questions!r} changed since run {config.run!r} of store {config.store!r} "
-            "was started (their content fingerprint differs); resuming would mix two versions of the "
-            "questions in one run: restore the file, or start another run"
-        )
-    store.check_run(config.run, identity, ignore=OPERATIONAL)
-    return questions[: config.limit], identity
+def open_run_store(config: GenerateConfig, identity: dict) -> TraceStore:
+    """The store, locked for this run and checked against it: a changed config or an edited
+    question file is refused (and the store closed again)."""
+    store = TraceStore(config.store)  # refuses a foreign or read-only store
+    try:
+        store.lock_run(config.run)
+        stored = store.runs().get(config.run)
+        if stored is not None and stored.get("questions_sha256") != identity["questions_sha256"]:
+            raise StoreError(
+                f"questions {config.questions!r} changed since run {config.run!r} of store {config.store!r} "
+                "was started (their content fingerprint differs); resuming would mix two versions of the "
+                "questions in one run: restore the file, or start another run"
+            )
+        store.check_run(config.run, identity, ignore=OPERATIONAL)
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def make_engine(config: GenerateConfig, student, s_tok, teacher, alignment) -> Engine:

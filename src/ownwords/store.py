@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,9 +68,8 @@ CREATE TABLE IF NOT EXISTS selection (
     PRIMARY KEY (run, question_id, sample_index)
 );
 CREATE TABLE IF NOT EXISTS selection_reports (run TEXT PRIMARY KEY, config TEXT NOT NULL, report TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-TABLES = ("runs", "samples", "selection", "selection_reports", "meta")
+TABLES = ("runs", "samples", "selection", "selection_reports")
 JSON_COLUMNS = ("token_ids", "teacher_probs", "scores", "fallbacks", "trials")
 
 
@@ -93,6 +93,8 @@ class TraceStore:
         try:
             if not exists:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            if write:
+                self._probe_writable()
             self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions only
             self._check_ownership()
             if write:
@@ -100,7 +102,9 @@ class TraceStore:
         except sqlite3.Error as err:
             raise StoreError(f"store {str(path)!r}: cannot open it {self._why(err, write)}") from err
         except OSError as err:
-            raise StoreError(f"store {str(path)!r}: cannot open it for writing ({err})") from err
+            raise StoreError(
+                f"store {str(path)!r}: cannot open it for writing: it or its folder is read-only or missing ({err})"
+            ) from err
         self.db.row_factory = sqlite3.Row
 
     @staticmethod
@@ -128,21 +132,28 @@ class TraceStore:
                 f"application_id {app_id}); ownwords does not touch it: choose another store path"
             )
 
+    def _probe_writable(self) -> None:
+        """The file and its folder (where SQLite keeps its WAL) can be written: checked before SQLite
+        opens the file, which would otherwise open a read-only store read-only and fail later."""
+        if self.path.exists():
+            with open(self.path, "r+b"):  # a read-only file fails here, even for root (chattr +i)
+                pass
+        with tempfile.TemporaryFile(dir=self.path.parent):  # a read-only folder fails here
+            pass
+
     def _prepare_for_writing(self) -> None:
-        """Create the schema and mark the file: a committed write, so a read-only store (or folder)
-        fails here, before any model is loaded."""
-        self.db.execute("PRAGMA journal_mode=WAL")
+        """Add what is missing of the schema and the mark; an existing store is not changed."""
+        if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process crash
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            # a real change, so that a read-only folder (no room for the WAL file) fails now too
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('opened_for_writing', ?)", (str(time.time()),)
-            )
+        missing = [t for t in TABLES if not self._has(t)]
+        if missing or self.db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def close(self) -> None:
         for handle in self._locks.values():
