@@ -217,3 +217,51 @@ def test_bad_input(tiny_pair, tmp_path, capsys):
         == 2
     )
     assert "has no answer" in capsys.readouterr().err
+
+
+def test_known_responses_give_known_pass_at_k_and_majority(tiny_pair, bench_files, tmp_path):
+    """End to end through `ownwords eval` and the grader, on responses whose correctness is set here
+    (written into the records store, which a re-run then grades): a grader that is always wrong, or
+    a metric that is off, changes these numbers."""
+    import sqlite3
+
+    math, _ = bench_files
+    args = [
+        "--model",
+        str(tiny_pair[1]),
+        "--benchmarks",
+        "math500",
+        "--data",
+        str(math),
+        "--limit",
+        "3",
+        "--samples",
+        "4",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(tmp_path / "ev"),
+        "--no-progress",
+    ]
+    assert main(["eval", *args]) == 0
+    responses = {  # gold answers: m0 -> 1, m1 -> 2, m2 -> 3
+        "m0": ["so \\boxed{1}", "\\boxed{1}.", "\\boxed{5}", "I give up"],  # 2 of 4, majority right
+        "m1": ["\\boxed{7}", "\\boxed{7}", "\\boxed{2}", "\\boxed{7}"],  # 1 of 4, majority wrong
+        "m2": ["\\boxed{\\frac{6}{2}}"] * 4,  # 4 of 4, equal by value, not by text
+    }
+    (records,) = (tmp_path / "ev").glob("*/records.sqlite")
+    with sqlite3.connect(records) as db:
+        for qid, texts in responses.items():
+            for i, text in enumerate(texts):
+                db.execute(
+                    "UPDATE samples SET text = ? WHERE question_id = ? AND sample_index = ?", (text, qid, i)
+                )
+    assert main(["eval", *args]) == 0
+    (result,) = json.loads((tmp_path / "ev" / "results.json").read_text()).values()
+    cell = result["math500"]["temperatures"]["0.7"]
+    assert cell["pass@1"] == pytest.approx((2 / 4 + 1 / 4 + 1) / 3)
+    assert cell["pass@2"] == pytest.approx((1 - 1 / 6 + 1 - 3 / 6 + 1) / 3)  # 1 - C(n-c, 2) / C(4, 2)
+    assert cell["pass@4"] == pytest.approx(1.0)
+    assert cell["maj@4"] == pytest.approx(2 / 3)
+    assert cell["no_answer"] == 1
+    assert result["math500"]["union_coverage"] == 1.0

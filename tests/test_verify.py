@@ -147,3 +147,25 @@ def test_hostile_inputs_finish_in_bounded_time(response):
     start = time.perf_counter()
     assert grade(response, "1") is False
     assert time.perf_counter() - start < 15  # math-verify's own limits: 2 s per parse / comparison
+
+
+@pytest.mark.parametrize(
+    "filler",
+    ["\\boxed{", "\\fbox{", "\\boxed{x}{", "{" * 7, "\\boxed{" + "{" * 3 + "}", "\\boxed \\boxed{"],
+    ids=["boxed", "fbox", "boxed-then-brace", "braces", "nested", "bare"],
+)
+def test_one_megabyte_of_unbalanced_boxes_is_graded_in_linear_time(filler):
+    """The scan for the last balanced box is linear: 1 MB (the quadratic scan took over 120 s)."""
+    text = "\\boxed{7} " + filler * (1_000_000 // len(filler))
+    start = time.perf_counter()
+    assert last_boxed(text) in ("7", "x", "{{}", "\\boxed{")
+    for kind in ("math", "integer", "number"):
+        grade(text, "7", kind)
+    assert time.perf_counter() - start < 5
+
+
+def test_the_last_balanced_box_wins_over_later_unbalanced_ones():
+    assert last_boxed("\\boxed{1} then \\boxed{2} and \\boxed{" * 1 + "\\boxed{3" * 5000) == "2"
+    assert last_boxed("\\boxed{a {b} c} \\fbox{d") == "a {b} c"
+    assert last_boxed("\\boxed{" + "x" * 2000 + "}") is None  # longer than any answer
+    assert grade("\\boxed{12}" + " \\boxed{" * 7000, "12", "integer") is True

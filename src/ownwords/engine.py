@@ -48,6 +48,19 @@ class Sampling:
         return probs_from_logits(logits, self.temperature, self.top_k, self.top_p, self.logprobs)
 
 
+def proposal_probs(t_logits: torch.Tensor, sampling: Sampling, alignment: VocabAlignment) -> torch.Tensor:
+    """T [N, Vs] on student ids from teacher logits [N, Vt_model] (padded columns never proposed).
+
+    logprobs "none": restrict to the shared tokens, then temperature / top-k / top-p (DESIGN §2).
+    "raw" / "processed": the teacher's own top-k list first, then the shared tokens of it, renormalised
+    (the paper's authors: a teacher-only token in the top 20 takes a place, it does not let a 21st in).
+    """
+    if sampling.logprobs == "none":
+        return sampling.probs(alignment.teacher_logits_to_student(t_logits))
+    own = sampling.probs(t_logits[:, : alignment.teacher_size])  # [N, Vt]
+    return alignment.teacher_probs_to_student(own)
+
+
 @dataclass(frozen=True)
 class RSD:
     rule: AcceptanceRule = AcceptanceRule()
@@ -257,11 +270,7 @@ class Engine:
         return torch.stack([c.double() for c in columns], dim=1).tolist()  # one device sync per step
 
     def _proposal(self, t_logits: torch.Tensor) -> torch.Tensor:
-        """T [N, Vs] from teacher logits [N, Vt_model] (see `Sampling` for the order of filtering)."""
-        if self.sampling.logprobs == "none":
-            return self.sampling.probs(self.alignment.teacher_logits_to_student(t_logits))
-        own = self.sampling.probs(t_logits[:, : self.alignment.teacher_size])  # [N, Vt]
-        return self.alignment.teacher_probs_to_student(own)
+        return proposal_probs(t_logits, self.sampling, self.alignment)
 
     @torch.inference_mode()
     def _block(self, rows: list[_Row], student: CachedBatch, teacher: CachedBatch) -> list[list[list[float]]]:

@@ -141,7 +141,6 @@ class EvalConfig:
                 (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
             ],
         )
-        check_device(self.device)
         self.data_paths()  # validates the --data entries
 
     def data_paths(self) -> dict[str, str]:
