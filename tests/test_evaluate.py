@@ -8,6 +8,7 @@ from conftest import SHARED_DATA, crash_after, shared_data
 
 from ownwords.cli import main
 from ownwords.evaluate import REGISTRY, EvalConfig, evaluate, load_benchmark, metrics, pass_at_k
+from ownwords.lm import load_model
 from ownwords.store import TraceStore
 
 
@@ -265,3 +266,43 @@ def test_known_responses_give_known_pass_at_k_and_majority(tiny_pair, bench_file
     assert cell["maj@4"] == pytest.approx(2 / 3)
     assert cell["no_answer"] == 1
     assert result["math500"]["union_coverage"] == 1.0
+
+
+def test_new_weights_at_the_same_path_are_evaluated_again(tiny_pair, bench_files, tmp_path):
+    """Records are keyed to the weights evaluated: re-saved weights at the same path are a new run,
+    never answered from the old records."""
+    import shutil
+
+    from ownwords.store import TraceStore
+    from ownwords.tiny import STUDENT, build_model
+
+    model_dir = tmp_path / "student"
+    shutil.copytree(tiny_pair[1], model_dir)
+    math, _ = bench_files
+    args = [
+        "--model",
+        str(model_dir),
+        "--benchmarks",
+        "math500",
+        "--data",
+        str(math),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--out",
+        str(tmp_path / "ev"),
+        "--no-progress",
+        "--temperatures",
+        "0",
+    ]
+    assert main(["eval", *args]) == 0
+    model, tok = load_model(str(model_dir), "cpu", "float32")
+    build_model(STUDENT, tok, seed=123).save_pretrained(model_dir)  # other weights, same path
+    assert main(["eval", *args]) == 0
+    (records,) = (tmp_path / "ev").glob("*/records.sqlite")
+    with TraceStore(records) as store:
+        runs = sorted(store.runs())
+        assert len(runs) == 2 and all(r.startswith("math500@T=0.0@") for r in runs)
+        texts = [[s["token_ids"] for s in store.samples(r)] for r in runs]
+    assert texts[0] != texts[1]  # greedy decoding of different weights: the new run really ran

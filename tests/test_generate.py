@@ -100,6 +100,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_store(tiny_pair, questions
     assert_same_rows(rows(part), rows(full))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_completes_the_store(tiny_pair, questions_file, tmp_path):
     full, killed = tmp_path / "full.sqlite", tmp_path / "killed.sqlite"
     assert main(["generate", *argv(tiny_pair, questions_file, full, "--max-new-tokens", "40")]) == 0

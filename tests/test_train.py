@@ -154,6 +154,7 @@ def test_bad_input(tiny_pair, traces, tmp_path, capsys):
     assert "no-model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_training(tiny_pair, traces, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
