@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from ownwords.analyze import score_tokens
-from ownwords.lm import load_model, logits_width
-from ownwords.tiny import make_tiny_pair
+from ownwords.decoding.cache import logits_width
+from ownwords.decoding.scoring import score_tokens
+from ownwords.models.loading import load_model
+from ownwords.models.tiny import make_tiny_pair
 
 
 @torch.no_grad()

@@ -20,10 +20,10 @@ import time
 import torch
 from transformers import DynamicCache
 
-from ownwords.data import build_prompt
-from ownwords.engine import RSD, Engine, Request, Sampling
-from ownwords.lm import load_pair
-from ownwords.tiny import make_tiny_pair
+from ownwords.data.questions import build_prompt
+from ownwords.decoding.engine import RSD, Engine, Request, Sampling
+from ownwords.models.loading import load_pair
+from ownwords.models.tiny import make_tiny_pair
 
 
 def prompts(tokenizer, n):

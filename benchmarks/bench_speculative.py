@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from ownwords.data import build_prompt
-from ownwords.engine import RSD, Engine, Request, Sampling
-from ownwords.lm import load_model, load_pair
-from ownwords.tiny import arithmetic_chats, fit_lm, make_tiny_pair
+from ownwords.data.questions import build_prompt
+from ownwords.decoding.engine import RSD, Engine, Request, Sampling
+from ownwords.models.loading import load_model, load_pair
+from ownwords.models.tiny import arithmetic_chats, fit_lm, make_tiny_pair
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "bench-pair"
 

@@ -1,4 +1,4 @@
-"""Agreement of `ownwords.verify.grade` with the gold answers of real benchmarks.
+"""Agreement of `ownwords.data.verify.grade` with the gold answers of real benchmarks.
 
     python benchmarks/verify_agreement.py [--data ../shared/data]
 
@@ -9,9 +9,10 @@ Last line: `math500_agreement=<x> gsm8k_agreement=<y>`.
 
 import argparse
 import json
+import time
 from pathlib import Path
 
-from ownwords.verify import grade, last_boxed
+from ownwords.data.verify import grade, last_boxed
 
 
 def main() -> None:
@@ -32,7 +33,18 @@ def main() -> None:
         value = int(r["answer"].rsplit("####", 1)[1].strip().replace(",", ""))
         gsm_ok += grade(f"The total is \\boxed{{{value:,}}}.", r["answer"], "number") is True
     print(f"MATH500: {len(math500) - len(misses)}/{len(math500)}   GSM8K: {gsm_ok}/{len(gsm8k)}")
-    print(f"math500_agreement={1 - len(misses) / len(math500):.4f} gsm8k_agreement={gsm_ok / len(gsm8k):.4f}")
+    # Bounded checking: the slowest of several 1 MB hostile responses (unbalanced boxes), all kinds.
+    worst = 0.0
+    for filler in ("\\boxed{", "\\fbox{", "{" * 7, "\\boxed \\boxed{", "\\boxed{x}{"):
+        text = "\\boxed{7} " + filler * (1_000_000 // len(filler))
+        start = time.perf_counter()
+        for kind in ("math", "integer", "number", "choice"):
+            grade(text, "7" if kind != "choice" else "A", kind)
+        worst = max(worst, time.perf_counter() - start)
+    print(
+        f"math500_agreement={1 - len(misses) / len(math500):.4f} gsm8k_agreement={gsm_ok / len(gsm8k):.4f} "
+        f"grade_1mb_seconds={worst:.2f}"
+    )
 
 
 if __name__ == "__main__":

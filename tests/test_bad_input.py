@@ -5,11 +5,10 @@ import json
 import sqlite3
 
 import pytest
-from conftest import read_only, snapshot
-from test_generate import argv
+from helpers import argv, read_only, snapshot
 
 from ownwords.cli import main
-from ownwords.store import TraceStore
+from ownwords.data.store import TraceStore
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +376,7 @@ def test_eval_without_data_when_the_hub_is_unreachable(ws, capsys, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     args = ["eval", "--model", str(ws["pair"][1]), "--benchmarks", "math500", "--out", str(ws["root"] / "ev")]
-    fails(ws, capsys, args, "HuggingFaceH4/MATH-500", "HF_HUB_OFFLINE", "--data")
+    fails(ws, capsys, args, "HuggingFaceH4/MATH-500", "HF_HUB_OFFLINE", "data_dir")
 
 
 def test_read_only_store_fails_before_any_work(ws, capsys):
@@ -429,23 +428,23 @@ def test_debug_shows_the_traceback_of_a_user_error(ws):
 
 def test_a_bug_is_not_reported_as_bad_input(ws, monkeypatch):
     """Only user errors become one line; an internal ValueError keeps its traceback."""
-    import ownwords.select
+    import ownwords.stages.select
 
     def broken(*args, **kwargs):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(ownwords.select, "judge", broken)
+    monkeypatch.setattr(ownwords.stages.select, "judge", broken)
     with pytest.raises(ValueError, match="an internal bug"):
         main(["select", "--store", str(ws["store"])])
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(ws, capsys, monkeypatch):
-    import ownwords.generate
+    import ownwords.stages.generate
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ownwords.generate, "write_traces", interrupted)
+    monkeypatch.setattr(ownwords.stages.generate, "write_traces", interrupted)
     assert main(gen(ws, "--samples", "3")) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "resume" in err and "Traceback" not in err

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_generate import argv, rows
+from helpers import argv, rows
 
 from ownwords.cli import main
 

@@ -3,8 +3,8 @@
 import json
 import random
 
+from ownwords.data.verify import grade
 from ownwords.demo import DemoConfig, demo_report, problem, terse, verbose, write_split
-from ownwords.verify import grade
 
 
 def test_both_trace_styles_carry_the_right_boxed_answer():

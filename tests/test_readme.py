@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from ownwords.config import parse
-from ownwords.evaluate import EvalConfig
-from ownwords.generate import PRESETS, GenerateConfig
+from ownwords.stages.evaluate import EvalConfig
+from ownwords.stages.generate import PRESETS, GenerateConfig
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -50,3 +50,17 @@ def test_stop_strings_and_prefixes_read_backslash_escapes(cls):
     assert config.generation_prefix == "<think>\n\t"
     if cls is GenerateConfig:
         assert GenerateConfig(**required, stop_strings=["\\n\\nUser:"]).stop_strings == ["\n\nUser:"]
+
+
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, executed in a scratch folder holding the example questions."""
+    import shutil
+
+    block = README.read_text().split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "examples").mkdir()
+    shutil.copy(README.parent / "examples" / "arithmetic.jsonl", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["summary"]["samples"] == 2 * 8 and scope["report"]["samples"] == 16
+    assert (tmp_path / "runs" / "api.sqlite").is_file()

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ownwords.analyze import AnalyzeConfig
 from ownwords.config import parse
-from ownwords.evaluate import EvalConfig
-from ownwords.export import ExportConfig
-from ownwords.generate import PRESETS, GenerateConfig
-from ownwords.select import SelectConfig
-from ownwords.train import TrainConfig
+from ownwords.stages.analyze import AnalyzeConfig
+from ownwords.stages.evaluate import EvalConfig
+from ownwords.stages.export import ExportConfig
+from ownwords.stages.generate import PRESETS, GenerateConfig
+from ownwords.stages.select import SelectConfig
+from ownwords.stages.train import TrainConfig
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 STAGES = {

@@ -29,7 +29,7 @@ RESUMABLE = {"generate", "eval", "demo"}
 
 def _generate(argv: list[str]) -> None:
     from .config import parse
-    from .generate import PRESETS, GenerateConfig, generate
+    from .stages.generate import PRESETS, GenerateConfig, generate
 
     config = parse(GenerateConfig, argv, prog="ownwords generate", presets=PRESETS)
     print(json.dumps(generate(config), indent=2))
@@ -37,14 +37,14 @@ def _generate(argv: list[str]) -> None:
 
 def _select(argv: list[str]) -> None:
     from .config import parse
-    from .select import SelectConfig, select
+    from .stages.select import SelectConfig, select
 
     print(json.dumps(select(parse(SelectConfig, argv, prog="ownwords select")), indent=2))
 
 
 def _export(argv: list[str]) -> None:
     from .config import parse
-    from .export import ExportConfig, export
+    from .stages.export import ExportConfig, export
 
     config = parse(ExportConfig, argv, prog="ownwords export")
     print(f"exported {len(export(config))} traces to {config.out}")  # the one line: the library logs nothing
@@ -52,14 +52,14 @@ def _export(argv: list[str]) -> None:
 
 def _train(argv: list[str]) -> None:
     from .config import parse
-    from .train import TrainConfig, train
+    from .stages.train import TrainConfig, train
 
     print(json.dumps(train(parse(TrainConfig, argv, prog="ownwords train")), indent=2))
 
 
 def _eval(argv: list[str]) -> None:
     from .config import parse
-    from .evaluate import EvalConfig, evaluate, table
+    from .stages.evaluate import EvalConfig, evaluate, table
 
     config = parse(EvalConfig, argv, prog="ownwords eval")
     print(table(evaluate(config), config.benchmarks))
@@ -67,8 +67,8 @@ def _eval(argv: list[str]) -> None:
 
 
 def _analyze(argv: list[str]) -> None:
-    from .analyze import AnalyzeConfig, analyze
     from .config import parse
+    from .stages.analyze import AnalyzeConfig, analyze
 
     config = parse(AnalyzeConfig, argv, prog="ownwords analyze")
     analysis = analyze(config)
@@ -87,7 +87,7 @@ def _demo(argv: list[str]) -> None:
 
 
 def _tiny(argv: list[str]) -> None:
-    from .tiny import make_tiny_pair
+    from .models.tiny import make_tiny_pair
 
     parser = argparse.ArgumentParser(
         prog="ownwords tiny", description="Write OUTDIR/teacher and OUTDIR/student."

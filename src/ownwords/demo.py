@@ -21,14 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analyze import AnalyzeConfig, analyze
 from .errors import UserError
-from .evaluate import EvalConfig, evaluate
-from .export import ExportConfig, export
-from .generate import GenerateConfig, generate
-from .select import SelectConfig, select
-from .tiny import TinySpec, build_model, fit_lm, train_tokenizer
-from .train import TrainConfig, train
+from .models.tiny import TinySpec, build_model, fit_lm, train_tokenizer
+from .stages.analyze import AnalyzeConfig, analyze
+from .stages.evaluate import EvalConfig, evaluate, temperature_key
+from .stages.export import ExportConfig, export
+from .stages.generate import GenerateConfig, generate
+from .stages.select import SelectConfig, select
+from .stages.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -194,75 +194,112 @@ def tiny_pair(cache: Path, scale: Scale, fresh: bool) -> tuple[Path, Path]:
 # -- the loop -----------------------------------------------------------------------------------
 
 
+class _Timer:
+    """Wall time per stage, summed over its calls."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+
 def run_demo(config: DemoConfig) -> dict:
+    """The whole loop on the synthetic task; writes OUT/report.md and OUT/demo.json."""
     scale = SCALES["quick" if config.quick else "full"]
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "data").mkdir(parents=True, exist_ok=True)
     cache = Path(
         config.cache_dir
         or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
     )
-    timings: dict[str, float] = {}
-
-    def stage(name: str, fn, *args):
-        start = time.perf_counter()
-        result = fn(*args)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        return result
-
-    teacher, student = stage("models", tiny_pair, cache, scale, config.fresh)
-    data = out / "data"
-    data.mkdir(exist_ok=True)
-    write_split(data / "arithmetic_train.jsonl", scale.train_questions, seed=1)
-    write_split(data / "arithmetic_test.jsonl", scale.test_questions, seed=2)
-    store = out / "traces.sqlite"
+    timer = _Timer()
+    teacher, student = timer("models", tiny_pair, cache, scale, config.fresh)
+    write_split(out / "data" / "arithmetic_train.jsonl", scale.train_questions, seed=1)
+    write_split(out / "data" / "arithmetic_test.jsonl", scale.test_questions, seed=2)
     summaries, selections, datasets = {}, {}, {}
     for run, threshold in (("rsd", 0.01), ("teacher", 0.0)):
-        gen = GenerateConfig(
-            teacher=str(teacher),
-            student=str(student),
-            questions=str(data / "arithmetic_train.jsonl"),
-            samples=scale.samples,
-            threshold=threshold,
-            max_new_tokens=96,
-            temperature=0.7,
-            top_p=0.95,
-            batch_size=32,
-            system_prompt="",
-            generation_prefix="<think>\n",
-            store=str(store),
-            run=run,
-            progress=False,
-        )
-        summaries[run] = stage("generate", generate, gen)
-        selections[run] = stage("select", select, SelectConfig(store=str(store), run=run))
-        datasets[run] = data / f"sft_{run}.jsonl"
-        stage(
-            "export", export, ExportConfig(store=str(store), run=run, out=str(datasets[run]), overwrite=True)
+        summaries[run], selections[run], datasets[run] = _trace_set(
+            out, teacher, student, scale, run, threshold, timer
         )
     models = {"base": str(student)}
     for seed in range(config.seeds):
         for run in ("teacher", "rsd"):
-            target = out / "models" / f"sft-{run}-seed{seed}"
-            cfg = TrainConfig(
-                model=str(student),
-                dataset=str(datasets[run]),
-                output_dir=str(target),
-                max_steps=scale.sft_steps,
-                learning_rate=3e-4,
-                effective_batch_size=8,
-                seed=seed,
-                use_cpu=True,
-                max_length=256,
-                disable_tqdm=True,
-                save_only_model=True,
-            )
-            stage("train", train, cfg)
-            models[f"sft-{run}-seed{seed}"] = str(target)
+            models[f"sft-{run}-seed{seed}"] = _finetune(out, student, datasets[run], scale, run, seed, timer)
+    accuracy = _accuracy(out, models, scale, timer)
+    analysis = timer(
+        "analyze",
+        analyze,
+        AnalyzeConfig(students=[str(student)], store=str(out / "traces.sqlite"), out=str(out / "analysis")),
+    )
+    summary = dict(
+        scale=scale.__dict__ | {"teacher": scale.teacher.__dict__, "student": scale.student.__dict__},
+        seeds=config.seeds,
+        accuracy=accuracy,
+        generation=summaries,
+        selection=selections,
+        low_probability=analysis["matrix"],
+        timings=timer.seconds,
+    )
+    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(demo_report(summary))
+    return summary
+
+
+def _trace_set(out: Path, teacher: Path, student: Path, scale: Scale, run: str, threshold: float, timer):
+    """Generate, select and export one trace set; returns (generation summary, selection report, dataset)."""
+    store = str(out / "traces.sqlite")
+    gen = GenerateConfig(
+        teacher=str(teacher),
+        student=str(student),
+        questions=str(out / "data" / "arithmetic_train.jsonl"),
+        samples=scale.samples,
+        threshold=threshold,
+        max_new_tokens=96,
+        temperature=0.7,
+        top_p=0.95,
+        batch_size=32,
+        system_prompt="",
+        generation_prefix="<think>\n",
+        store=store,
+        run=run,
+        progress=False,
+    )
+    summary = timer("generate", generate, gen)
+    selection = timer("select", select, SelectConfig(store=store, run=run))
+    dataset = out / "data" / f"sft_{run}.jsonl"
+    timer("export", export, ExportConfig(store=store, run=run, out=str(dataset), overwrite=True))
+    return summary, selection, dataset
+
+
+def _finetune(out: Path, student: Path, dataset: Path, scale: Scale, run: str, seed: int, timer) -> str:
+    target = out / "models" / f"sft-{run}-seed{seed}"
+    cfg = TrainConfig(
+        model=str(student),
+        dataset=str(dataset),
+        output_dir=str(target),
+        max_steps=scale.sft_steps,
+        learning_rate=3e-4,
+        effective_batch_size=8,
+        seed=seed,
+        use_cpu=True,
+        max_length=256,
+        disable_tqdm=True,
+        save_only_model=True,
+    )
+    timer("train", train, cfg)
+    return str(target)
+
+
+def _accuracy(out: Path, models: dict[str, str], scale: Scale, timer) -> dict[str, float]:
+    """Greedy pass@1 of every model on the held-out questions."""
     ev = EvalConfig(
         models=list(models.values()),
         benchmarks=["arithmetic"],
-        data=[str(data / "arithmetic_test.jsonl")],
+        data=[str(out / "data" / "arithmetic_test.jsonl")],
         temperatures=["0"],
         max_new_tokens=96,
         instruction=False,
@@ -271,27 +308,11 @@ def run_demo(config: DemoConfig) -> dict:
         out=str(out / "eval"),
         progress=False,
     )
-    results = stage("eval", evaluate, ev)
-    analysis = stage(
-        "analyze",
-        analyze,
-        AnalyzeConfig(students=[str(student)], store=str(store), out=str(out / "analysis")),
-    )
-    accuracy = {
-        name: results[path]["arithmetic"]["temperatures"]["0.0"]["pass@1"] for name, path in models.items()
+    results = timer("eval", evaluate, ev)
+    greedy = temperature_key(0)
+    return {
+        name: results[path]["arithmetic"]["temperatures"][greedy]["pass@1"] for name, path in models.items()
     }
-    summary = dict(
-        scale=scale.__dict__ | {"teacher": scale.teacher.__dict__, "student": scale.student.__dict__},
-        seeds=config.seeds,
-        accuracy=accuracy,
-        generation=summaries,
-        selection=selections,
-        low_probability=analysis["matrix"],
-        timings=timings,
-    )
-    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(demo_report(summary))
-    return summary
 
 
 def _arm(accuracy: dict, arm: str) -> tuple[float, float]:

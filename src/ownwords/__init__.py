@@ -1,0 +1,47 @@
+"""ownwords: reasoning traces in the student's own words (Reverse Speculative Decoding), and the
+distillation loop around them. Every stage is a config dataclass and a function:
+
+    from ownwords import GenerateConfig, SelectConfig, ExportConfig, generate, select, export
+
+    generate(GenerateConfig(teacher="t", student="s", questions="q.jsonl", store="runs/s.sqlite", run="rsd"))
+    select(SelectConfig(store="runs/s.sqlite", run="rsd"))
+    export(ExportConfig(store="runs/s.sqlite", run="rsd", out="data/rsd.jsonl"))
+
+then `train(TrainConfig(...))`, `evaluate(EvalConfig(...))`, `analyze(AnalyzeConfig(...))`. Names are
+imported on first use, so `import ownwords` stays light.
+"""
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ownwords")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"
+
+_API = {
+    **dict.fromkeys(("generate", "GenerateConfig", "PRESETS"), "ownwords.stages.generate"),
+    **dict.fromkeys(("select", "SelectConfig"), "ownwords.stages.select"),
+    **dict.fromkeys(("export", "ExportConfig"), "ownwords.stages.export"),
+    **dict.fromkeys(("train", "TrainConfig"), "ownwords.stages.train"),
+    **dict.fromkeys(("evaluate", "EvalConfig"), "ownwords.stages.evaluate"),
+    **dict.fromkeys(("analyze", "AnalyzeConfig"), "ownwords.stages.analyze"),
+    **dict.fromkeys(("Engine", "Request", "Trace", "Emitted", "Sampling", "RSD"), "ownwords.decoding.engine"),
+    **dict.fromkeys(("AcceptanceRule", "rsd_probs"), "ownwords.rsd.sampling"),
+    **dict.fromkeys(("load_model", "load_pair"), "ownwords.models.loading"),
+    **dict.fromkeys(("make_tiny_pair",), "ownwords.models.tiny"),
+    **dict.fromkeys(("TraceStore",), "ownwords.data.store"),
+    **dict.fromkeys(("grade", "extract_answer"), "ownwords.data.verify"),
+    **dict.fromkeys(("UserError",), "ownwords.errors"),
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'ownwords' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -1,0 +1,94 @@
+"""Loading models: one `load_model` for every stage (training included), the teacher/student pair with
+its vocabulary alignment, device checks, and the fingerprint that keys evaluation records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..decoding.cache import logits_width
+from ..errors import MissingInput, UserError
+from ..rsd.vocab import VocabAlignment, align_vocabularies
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is loaded."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(
+            f"device {device!r} is not a torch device ({err}); expected cpu, cuda, cuda:1, mps..."
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(
+                f"device {device!r}: no CUDA device is available (torch {torch.__version__}"
+                f"{', a CPU-only build' if torch.version.cuda is None else ''}); use device cpu"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available on this machine")
+
+
+def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bool = False):
+    """(model, tokenizer) from a hub id or a local directory; safetensors weights only."""
+    what = f"model {name_or_path!r}"
+    local = Path(name_or_path).expanduser()
+    if (name_or_path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").exists():
+        raise MissingInput(f"{what}: no such model directory (expected a folder with config.json)")
+    check_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(local) if local.exists() else name_or_path, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.exists() else name_or_path,
+            dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except OSError as err:  # transformers reports a missing/unreachable model as OSError
+        raise MissingInput(f"could not load {what}: {err}") from err
+    return model.to(device).eval(), tokenizer
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """What was evaluated: for a local folder, a hash of its config and of every file's name, size and
+    modification time (re-saved weights change it; hashing gigabytes of weights would not pay); for a
+    hub id, the id itself (pin a revision by downloading it to a folder)."""
+    local = Path(name_or_path).expanduser()
+    if not local.is_dir():
+        return name_or_path
+    digest = hashlib.sha256()
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        stat = path.stat()
+        entry = [str(path.relative_to(local)), stat.st_size, stat.st_mtime_ns]
+        digest.update(json.dumps(entry).encode())
+    digest.update((local / "config.json").read_bytes() if (local / "config.json").is_file() else b"")
+    return digest.hexdigest()[:16]
+
+
+def load_pair(
+    teacher: str,
+    student: str,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool = False,
+    min_vocab_overlap: float = 0.5,
+) -> tuple[object, object, object, VocabAlignment]:
+    """(student, student tokenizer, teacher, alignment) of an RSD pair, each model by hub id or path."""
+    student_model, s_tok = load_model(student, device, dtype, trust_remote_code)
+    teacher_model, t_tok = load_model(teacher, device, dtype, trust_remote_code)
+    widths = logits_width(student_model), logits_width(teacher_model)
+    return student_model, s_tok, teacher_model, align_vocabularies(s_tok, t_tok, *widths, min_vocab_overlap)

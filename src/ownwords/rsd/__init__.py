@@ -1,0 +1,1 @@
+"""The RSD math (distributions, acceptance rules, closed form, speculative verify) and vocabulary alignment: torch only."""

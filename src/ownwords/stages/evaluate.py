@@ -1,0 +1,363 @@
+"""`ownwords eval`: reasoning benchmarks on the generation engine (student-only mode).
+
+pass@1 averaged over n samples per question (with its standard error over questions), unbiased
+pass@k, majority vote, several temperatures with their union coverage, and an optional thinking
+budget (s1's budget forcing). Records are kept in a resumable SQLite store, one run per
+(benchmark, temperature); responses without an extractable answer are counted, not hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data.benchmarks import REGISTRY, load_benchmark
+from ..data.questions import Question, build_prompt, thinking_markers, unescape
+from ..data.store import TraceStore
+from ..data.verify import extract_answer, grade
+from ..decoding.budget import generate_with_budget
+from ..decoding.cache import stop_token_ids
+from ..decoding.engine import Request, Sampling
+from ..decoding.records import sample_seed, trace_record
+from ..errors import UserError, check_fields
+from ..models.loading import DTYPES, check_device, load_model, model_fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Models to evaluate: hub ids or local paths (required).", "aliases": ["--model"]},
+    )
+    benchmarks: list[str] = field(
+        default_factory=lambda: ["math500"],
+        metadata={"help": f"Any of {', '.join(REGISTRY)} (space- or comma-separated)."},
+    )
+    data: list[str] = field(
+        default_factory=list, metadata={"help": "Local files: PATH (one benchmark) or NAME=PATH."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "A folder holding the benchmarks under their usual file names."}
+    )
+    samples: int = field(default=1, metadata={"help": "Samples per question (n)."})
+    temperatures: list[str] = field(
+        default_factory=lambda: ["0.7"],
+        metadata={"help": "Each is a separate run, e.g. 0.6,0.8,1.0 (paper: 0.7)."},
+    )
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus filter (paper: 0.95)."})
+    max_new_tokens: int = field(default=7168, metadata={"help": "Maximum generated tokens per response."})
+    thinking_budget: int | None = field(
+        default=None, metadata={"help": "Cap thinking at n tokens, then close the block and answer."}
+    )
+    answer_tokens: int = field(
+        default=1024, metadata={"help": "With a thinking budget: tokens allowed for the answer."}
+    )
+    generation_prefix: str = field(
+        default="", metadata={"help": "Text after the assistant turn's opening, e.g. '<think>\\n'."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (none by default)."})
+    instruction: bool = field(
+        default=True, metadata={"help": "Append the benchmark's answer-format instruction to each question."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Responses generated together."})
+    limit: int | None = field(
+        default=None, metadata={"help": "Only the first n questions of each benchmark."}
+    )
+    seed: int = field(default=0, metadata={"help": "Run seed; each sample derives its own."})
+    out: str = field(
+        default="eval", metadata={"help": "Output directory: records, results.json, tables, chart."}
+    )
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
+    dtype: str = field(default="float32", metadata={"help": f"One of {', '.join(DTYPES)}."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        self.models, self.benchmarks = _split(self.models), _split(self.benchmarks)
+        self.generation_prefix = unescape(self.generation_prefix)
+        try:
+            self.temperatures = [float(t) for t in _split(self.temperatures)]
+        except ValueError:
+            raise UserError(f"temperatures {self.temperatures!r}: expected numbers, e.g. 0.6,0.8") from None
+        if not self.models:
+            raise UserError("models is required (one or more models)")
+        unknown = [b for b in self.benchmarks if b not in REGISTRY]
+        if unknown:
+            raise UserError(f"unknown benchmark(s) {unknown}; expected any of {', '.join(REGISTRY)}")
+        check_fields(
+            self,
+            [
+                (self.samples >= 1, "samples", "an integer >= 1"),
+                (
+                    bool(self.temperatures) and all(0 <= t < math.inf for t in self.temperatures),
+                    "temperatures",
+                    "one or more finite values >= 0",
+                ),
+                (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
+                (self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1"),
+                (self.thinking_budget is None or self.thinking_budget >= 1, "thinking_budget", ">= 1"),
+                (self.answer_tokens >= 1, "answer_tokens", "an integer >= 1"),
+                (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
+                (self.batch_size >= 1, "batch_size", ">= 1"),
+                (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
+            ],
+        )
+        self.data_paths()  # validates the --data entries
+
+    def data_paths(self) -> dict[str, str]:
+        paths = {}
+        for entry in self.data:
+            name, sep, path = entry.partition("=")
+            if not sep:
+                if len(self.benchmarks) != 1:
+                    raise UserError(f"data {entry!r}: with several benchmarks write NAME=PATH")
+                name, path = self.benchmarks[0], entry
+            if name not in self.benchmarks:
+                raise UserError(f"data {entry!r}: {name!r} is not among the benchmarks {self.benchmarks}")
+            paths[name] = path
+        for name in self.benchmarks:
+            if name not in paths and self.data_dir:
+                found = [
+                    Path(self.data_dir) / f
+                    for f in REGISTRY[name].files
+                    if (Path(self.data_dir) / f).exists()
+                ]
+                if found:
+                    paths[name] = str(found[0])
+        return paths
+
+
+def _split(values) -> list[str]:
+    """Accept both `--x a b` and `--x a,b`."""
+    return [part for v in values for part in str(v).split(",") if part]
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), for n samples with c correct."""
+    if k > n:
+        raise UserError(f"pass@{k} needs at least {k} samples per question, got n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def metrics(verdicts: list[list[bool]], answers: list[list[str | None]]) -> dict:
+    """verdicts / answers: one list of n per question. pass@1 (mean, standard error over questions),
+    pass@k for k = 2, 4, ... <= n, majority vote over the extracted answers, and the no-answer count."""
+    n = len(verdicts[0])
+    per_question = [sum(v) / n for v in verdicts]
+    q = len(per_question)
+    mean = sum(per_question) / q
+    se = math.sqrt(sum((p - mean) ** 2 for p in per_question) / (q - 1) / q) if q > 1 else 0.0
+    out = {"questions": q, "samples": n, "pass@1": mean, "pass@1_se": se}
+    k = 2
+    while k <= n:
+        out[f"pass@{k}"] = sum(pass_at_k(n, sum(v), k) for v in verdicts) / q
+        k *= 2
+    out[f"maj@{n}"] = sum(_majority(v, a) for v, a in zip(verdicts, answers, strict=True)) / q
+    out["no_answer"] = sum(a is None for row in answers for a in row)
+    return out
+
+
+def _majority(verdicts: list[bool], answers: list[str | None]) -> bool:
+    """Is the most frequent extracted answer (first seen on ties) a correct one?"""
+    keyed = [(a.replace(" ", ""), v) for a, v in zip(answers, verdicts, strict=True) if a is not None]
+    if not keyed:
+        return False
+    top = Counter(a for a, _ in keyed).most_common(1)[0][0]
+    return next(v for a, v in keyed if a == top)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def evaluate(config: EvalConfig) -> dict:
+    """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
+    check_device(config.device)
+    paths = config.data_paths()
+    questions = {
+        b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
+    }
+    results = {}
+    for model_name in config.models:
+        results[model_name] = _evaluate_model(config, model_name, questions)
+    out = Path(config.out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "table.md").write_text(table(results, config.benchmarks) + "\n")
+    if len(config.models) > 1:
+        plot_comparison(results, config.benchmarks, out / "comparison.png")
+    return results
+
+
+def model_tag(name: str) -> str:
+    return name.strip("/").replace("/", "__").lstrip(".") or "model"
+
+
+def temperature_key(temperature: float) -> str:
+    """How a temperature names its results, records and runs, everywhere: "0.7", "0.0"."""
+    return str(float(temperature))
+
+
+@dataclass
+class _EvalModel:
+    """A model under evaluation: what it is, and the markers its template gives."""
+
+    name: str
+    model: object
+    tokenizer: object
+    fingerprint: str  # keys its records: new weights at the same path are a new run
+    thinking_end: str | None
+
+
+def _evaluate_model(config: EvalConfig, model_name: str, questions: dict[str, list[Question]]) -> dict:
+    model, tokenizer = load_model(model_name, config.device, config.dtype)
+    markers = thinking_markers(tokenizer, config.generation_prefix)
+    if config.thinking_budget is not None and markers is None:
+        raise UserError(
+            "thinking_budget needs a generation_prefix that opens a thinking block (e.g. '<think>\\n')"
+        )
+    subject = _EvalModel(model_name, model, tokenizer, model_fingerprint(model_name), markers and markers[1])
+    out = Path(config.out) / model_tag(model_name)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"model": model_name}
+    with TraceStore(out / "records.sqlite") as store:
+        for bench in config.benchmarks:
+            per_temperature, covered = {}, [False] * len(questions[bench])
+            for temperature in config.temperatures:
+                run = _generate_run(config, store, subject, bench, questions[bench], temperature)
+                verdicts, answers = _grade_run(config, store, subject, bench, questions[bench], run)
+                per_temperature[temperature_key(temperature)] = metrics(verdicts, answers)
+                covered = [c or any(v) for c, v in zip(covered, verdicts, strict=True)]
+            results[bench] = {"temperatures": per_temperature, "union_coverage": sum(covered) / len(covered)}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, questions, temperature) -> str:
+    """Generate the run's missing responses into the store; returns the run's name."""
+    key = temperature_key(temperature)
+    run = f"{bench}@T={key}@{subject.fingerprint[:12]}"
+    store.lock_run(run)
+    store.open_run(run, _identity(config, subject, bench, temperature))
+    done = store.done(run)
+    tok = subject.tokenizer
+    requests = [
+        Request(
+            q.id,
+            i,
+            build_prompt(tok, q.question, config.system_prompt, config.generation_prefix),
+            sample_seed(config.seed, f"{bench}/{temperature}/{q.id}", i),
+        )
+        for q in questions
+        for i in range(config.samples)
+        if (q.id, i) not in done
+    ]
+    traces = generate_with_budget(
+        subject.model,
+        tok,
+        Sampling(temperature, 0, config.top_p),
+        requests,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        thinking_budget=config.thinking_budget,
+        thinking_end=subject.thinking_end,
+        answer_tokens=config.answer_tokens,
+    )
+    by_id, stop_ids = {q.id: q for q in questions}, stop_token_ids(subject.model, tok)
+    for trace in tqdm(
+        traces, total=len(requests), desc=run, unit="response", disable=not config.progress or None
+    ):
+        store.add(run, trace_record(trace, by_id[trace.request.question_id], tok, stop_ids))
+    return run
+
+
+def _identity(config: EvalConfig, subject: _EvalModel, bench: str, temperature: float) -> dict:
+    """What a run's records depend on: a resume with any of it changed is refused."""
+    return dict(
+        model=subject.name,
+        model_fingerprint=subject.fingerprint,
+        benchmark=bench,
+        temperature=temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        thinking_budget=config.thinking_budget,
+        answer_tokens=config.answer_tokens,
+        system_prompt=config.system_prompt,
+        generation_prefix=config.generation_prefix,
+        seed=config.seed,
+        dtype=config.dtype,
+        instruction=config.instruction,
+    )
+
+
+def _grade_run(config, store: TraceStore, subject: _EvalModel, bench: str, questions, run: str):
+    """Grade every stored response of the run; writes records/<bench>_T<t>.jsonl; returns the verdicts
+    and extracted answers, one list of n per question."""
+    kind = REGISTRY[bench].kind
+    samples = {(s["question_id"], s["sample_index"]): s for s in store.samples(run)}
+    records, verdicts, answers = [], [], []
+    for q in questions:
+        texts = [samples[(q.id, i)]["text"] for i in range(config.samples)]
+        answers.append([extract_answer(t, kind, subject.thinking_end) for t in texts])
+        verdicts.append([bool(grade(t, q.answer, kind, subject.thinking_end)) for t in texts])
+        records += [
+            dict(question_id=q.id, sample_index=i, response=t, answer=a, gold=q.answer, correct=v)
+            for i, (t, a, v) in enumerate(zip(texts, answers[-1], verdicts[-1], strict=True))
+        ]
+    out = Path(config.out) / model_tag(subject.name) / "records"
+    out.mkdir(exist_ok=True)
+    temperature = store.runs()[run]["temperature"]
+    (out / f"{bench}_T{temperature_key(temperature)}.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    )
+    return verdicts, answers
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def table(results: dict, benchmarks: list[str]) -> str:
+    """Markdown: one row per model and temperature, pass@1 ± se per benchmark, and the average."""
+    head = "| model | T | " + " | ".join(benchmarks) + " | average |"
+    lines = [head, "|" + "---|" * (len(benchmarks) + 3)]
+    for model, res in results.items():
+        for temperature in res[benchmarks[0]]["temperatures"]:
+            cells = [res[b]["temperatures"][temperature] for b in benchmarks]
+            avg = sum(c["pass@1"] for c in cells) / len(cells)
+            shown = " | ".join(f"{100 * c['pass@1']:.1f} ± {100 * c['pass@1_se']:.1f}" for c in cells)
+            lines.append(f"| {model} | {temperature} | {shown} | {100 * avg:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(results: dict, benchmarks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results)
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(benchmarks), 3.8))
+    for m, model in enumerate(models):
+        temps = results[model][benchmarks[0]]["temperatures"]
+        first = next(iter(temps))
+        values = [100 * results[model][b]["temperatures"][first]["pass@1"] for b in benchmarks]
+        errors = [100 * results[model][b]["temperatures"][first]["pass@1_se"] for b in benchmarks]
+        xs = [i + (m - (len(models) - 1) / 2) * width for i in range(len(benchmarks))]
+        ax.bar(xs, values, width, yerr=errors, label=Path(model).name or model, capsize=2)
+    ax.set_xticks(range(len(benchmarks)), benchmarks)
+    ax.set(ylabel="pass@1 (%)", title="ownwords eval")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,127 @@
+"""`ownwords export`: the selected traces as a conversational prompt/completion dataset for TRL.
+
+Each row: ``prompt`` = [system, user] messages exactly as at generation time, ``completion`` = one
+assistant message whose content is the generation prefix followed by the decoded trace -- so
+SFTTrainer puts the loss on the assistant turn only, whatever the chat template. Metadata columns
+(question id, sample index, token and fallback counts) ride along; the Trainer drops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.questions import chat_messages
+from ..data.store import TraceStore
+from ..errors import UserError
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMATS = (".jsonl", ".parquet")
+SAVED_DATASET = {"dataset_info.json", "state.json"}  # what `save_to_disk` writes beside its data-*.arrow
+
+
+@dataclass
+class ExportConfig:
+    store: str | None = field(default=None, metadata={"help": "Trace store with a selection (required)."})
+    out: str | None = field(
+        default=None, metadata={"help": "Output: .jsonl, .parquet, or a directory (save_to_disk) (required)."}
+    )
+    run: str = field(default="default", metadata={"help": "Run inside the store."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output."})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Also push the dataset to this Hugging Face repo."}
+    )
+    private: bool = field(default=True, metadata={"help": "With --push-to-hub: create the repo private."})
+
+    def __post_init__(self) -> None:
+        for name in ("store", "out"):
+            if not getattr(self, name):
+                raise UserError(f"{name} is required")
+        store, out = Path(self.store).resolve(), Path(self.out).resolve()
+        if out == store or out in store.parents:
+            raise UserError(
+                f"output {self.out!r} is, or contains, the store {self.store!r}; choose another output"
+            )
+        if out.suffix and out.suffix not in FILE_FORMATS:
+            raise UserError(
+                f"output {self.out!r}: expected a .jsonl or .parquet file, or a directory (no suffix)"
+            )
+        if out.exists() and not self.overwrite:
+            raise UserError(f"output {self.out!r} already exists; set overwrite to replace it")
+        if out.exists() and (
+            out.is_dir() != (not out.suffix) or (out.is_dir() and not _is_saved_dataset(out))
+        ):
+            raise UserError(
+                f"output {self.out!r} exists and is not an export ownwords would write there "
+                f"({'a folder' if out.is_dir() else 'a file'} of other content); it is not replaced"
+            )
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder `save_to_disk` wrote: its index files and data shards, nothing else."""
+    names = {p.name for p in folder.iterdir()}
+    return names >= SAVED_DATASET and all(n in SAVED_DATASET or n.startswith("data-") for n in names)
+
+
+def to_rows(samples: list[dict], run_config: dict) -> list[dict]:
+    system = run_config.get("system_prompt") or None
+    prefix = run_config.get("generation_prefix") or ""
+    rows = []
+    for s in samples:
+        rows.append(
+            dict(
+                prompt=chat_messages(s["question"], system),
+                completion=[{"role": "assistant", "content": prefix + s["text"]}],
+                question_id=s["question_id"],
+                sample_index=s["sample_index"],
+                n_tokens=s["n_tokens"],
+                fallback_rate=s["n_fallbacks"] / max(s["n_tokens"], 1),
+            )
+        )
+    return rows
+
+
+def export(config: ExportConfig):
+    """Write the chosen samples of the run; returns the `datasets.Dataset`."""
+    from datasets import Dataset
+
+    with TraceStore(config.store, create=False, write=False) as store:
+        rows = to_rows(store.chosen(config.run), store.require_run(config.run))
+    if not rows:
+        raise UserError(f"run {config.run!r} in {config.store!r} has no chosen sample to export")
+    dataset = Dataset.from_list(rows)
+    try:
+        _write_atomically(dataset, Path(config.out))
+    except OSError as err:
+        raise UserError(f"output {config.out!r}: cannot write it ({err})") from err
+    if config.push_to_hub:
+        try:
+            dataset.push_to_hub(config.push_to_hub, private=config.private)
+        except OSError as err:  # unreachable hub, no token, no rights: the local export stands
+            raise UserError(
+                f"push to hub repo {config.push_to_hub!r} failed ({err}); {config.out!r} was written"
+            ) from err
+    return dataset
+
+
+def _write_atomically(dataset, out: Path) -> None:
+    """Write beside `out`, then rename: an interrupted export never leaves a half-written output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        target = tmp / out.name
+        if out.suffix == ".jsonl":
+            dataset.to_json(str(target), lines=True, force_ascii=False)
+        elif out.suffix == ".parquet":
+            dataset.to_parquet(str(target))
+        else:
+            dataset.save_to_disk(str(target))
+        if out.is_dir():  # only ever a dataset folder an earlier export wrote (checked by ExportConfig)
+            shutil.rmtree(out)
+        target.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

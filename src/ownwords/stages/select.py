@@ -1,0 +1,165 @@
+"""`ownwords select`: keep well-formed, correct traces and choose which ones to train on.
+
+Every sample gets a status in the store's `selection` table -- `chosen`, `passed` (passed every
+filter but another sample was chosen) or `dropped` with the first filter that dropped it -- so the
+report explains every sample. Filters, in order:
+
+* ``finished`` -- ended by EOS or a stop string, not cut off at the length limit;
+* ``thinking_format`` -- exactly one end-of-thinking marker, when the prompt opened a thinking block
+  (the marker pair comes from the student tokenizer's added tokens, e.g. ``<think>``/``</think>``);
+* ``fallback_rate`` -- fallback tokens / tokens <= ``max_fallback_rate`` (0.5, the paper's);
+* ``has_answer`` -- a final answer can be extracted;
+* ``unverifiable`` -- the gold answer cannot be checked (a proof...), when ``unverifiable=drop``;
+* ``correct`` -- the answer equals the gold answer (``ownwords.data.verify.grade``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import to_dict
+from ..data.questions import thinking_markers
+from ..data.store import TraceStore
+from ..data.verify import KINDS, extract_answer, grade
+from ..errors import UserError, check_fields
+
+logger = logging.getLogger(__name__)
+
+FILTERS = ("finished", "thinking_format", "fallback_rate", "has_answer", "unverifiable", "correct")
+POLICIES = ("shortest", "first", "all")
+
+
+@dataclass
+class SelectConfig:
+    store: str | None = field(
+        default=None, metadata={"help": "Trace store written by `ownwords generate` (required)."}
+    )
+    run: str = field(default="default", metadata={"help": "Run inside the store."})
+    policy: str = field(
+        default="shortest",
+        metadata={"help": f"Which passing samples to keep per question: {', '.join(POLICIES)}."},
+    )
+    max_fallback_rate: float = field(
+        default=0.5, metadata={"help": "Drop traces with a larger share of fallback tokens."}
+    )
+    require_correct: bool = field(
+        default=True,
+        metadata={"help": "Keep only correct answers (--no-require-correct: well-formed is enough)."},
+    )
+    unverifiable: str = field(
+        default="drop", metadata={"help": "Samples whose gold answer cannot be checked: keep or drop."}
+    )
+    kind: str = field(
+        default="auto",
+        metadata={"help": f"Answer kind: auto (number for '#### n' golds, else math), {', '.join(KINDS)}."},
+    )
+    thinking_end: str | None = field(
+        default=None, metadata={"help": "End-of-thinking marker (default: from the student tokenizer)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise UserError("store is required")
+        check_fields(
+            self,
+            [
+                (self.policy in POLICIES, "policy", f"one of {', '.join(POLICIES)}"),
+                (0 <= self.max_fallback_rate <= 1, "max_fallback_rate", "in [0, 1]"),
+                (self.unverifiable in ("keep", "drop"), "unverifiable", "keep or drop"),
+                (self.kind == "auto" or self.kind in KINDS, "kind", f"auto or one of {', '.join(KINDS)}"),
+            ],
+        )
+
+
+def judge(
+    sample: dict, config: SelectConfig, thinking_end: str | None
+) -> tuple[str | None, str | None, bool | None]:
+    """(first failing filter or None, extracted answer, verdict) for one stored sample."""
+    kind = config.kind
+    gold = sample["answer"]
+    if kind == "auto":
+        kind = "number" if gold and "####" in gold else "math"
+    text = sample["text"]
+    answer = extract_answer(text, kind, thinking_end)
+    verdict = grade(text, gold, kind, thinking_end) if gold is not None and config.require_correct else None
+    checks = (
+        ("finished", sample["finish_reason"] in ("eos", "stop")),
+        ("thinking_format", thinking_end is None or text.count(thinking_end) == 1),
+        ("fallback_rate", sample["n_fallbacks"] <= config.max_fallback_rate * max(sample["n_tokens"], 1)),
+        ("has_answer", answer is not None),
+        ("unverifiable", not config.require_correct or verdict is not None or config.unverifiable == "keep"),
+        ("correct", not config.require_correct or verdict is not False),
+    )
+    failed = next((name for name, ok in checks if not ok), None)
+    return failed, answer, verdict
+
+
+def choose(passing: list[dict], policy: str) -> list[dict]:
+    if policy == "all" or not passing:
+        return passing
+    if policy == "first":
+        return [min(passing, key=lambda s: s["sample_index"])]
+    return [min(passing, key=lambda s: (s["n_tokens"], s["sample_index"]))]
+
+
+def select(config: SelectConfig) -> dict:
+    """Judge every sample of the run, write the selection into the store, return the report."""
+    with TraceStore(config.store, create=False) as store:  # refuses a missing, foreign or read-only store
+        run_config = store.require_run(config.run)
+        samples = list(store.samples(config.run))
+        thinking_end = config.thinking_end or _thinking_end(run_config, samples)
+        by_question: dict[str, list[dict]] = defaultdict(list)
+        rows, dropped = [], Counter()
+        for sample in samples:
+            failed, answer, verdict = judge(sample, config, thinking_end)
+            sample["_verdict"] = (failed, answer, verdict)
+            dropped[failed] += failed is not None
+            if failed is None:
+                by_question[sample["question_id"]].append(sample)
+        chosen = {
+            (s["question_id"], s["sample_index"])
+            for group in by_question.values()
+            for s in choose(group, config.policy)
+        }
+        for s in samples:
+            failed, answer, verdict = s.pop("_verdict")
+            key = (s["question_id"], s["sample_index"])
+            status = "dropped" if failed else "chosen" if key in chosen else "passed"
+            rows.append((*key, status, failed, answer, None if verdict is None else int(verdict)))
+        questions = sorted({s["question_id"] for s in samples})
+        report = dict(
+            store=config.store,
+            run=config.run,
+            policy=config.policy,
+            thinking_end=thinking_end,
+            questions=len(questions),
+            questions_covered=len(by_question),
+            samples=len(samples),
+            samples_passed=sum(len(g) for g in by_question.values()),
+            samples_kept=len(chosen),
+            dropped={name: dropped[name] for name in FILTERS},
+            questions_without_sample=[q for q in questions if q not in by_question],
+        )
+        store.write_selection(config.run, rows, to_dict(config), report)
+    Path(f"{config.store}.{config.run}.select.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _thinking_end(run_config: dict, samples: list[dict]) -> str | None:
+    if not samples:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(run_config["student"])
+    except OSError as err:
+        raise UserError(
+            f"cannot load the run's student tokenizer {run_config['student']!r} to find the end-of-thinking "
+            f"marker ({err}); give thinking_end"
+        ) from err
+    markers = thinking_markers(tokenizer, samples[0]["prompt"])
+    return markers[1] if markers else None

@@ -1,0 +1,105 @@
+"""`ownwords analyze` on RSD and teacher-only runs of the tiny pair."""
+
+import json
+
+import pytest
+from datasets import Dataset
+from helpers import argv
+
+from ownwords.cli import main
+from ownwords.models.loading import load_model
+from ownwords.stages.analyze import AnalyzeConfig, analyze, score_set, store_sets
+
+
+@pytest.fixture(scope="module")
+def store(tiny_pair, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("an")
+    questions = tmp / "q.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"question": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n" for a in range(3))
+    )
+    path = tmp / "s.sqlite"
+    # p_th 0.003 and 20 trials: enough accepted tokens even for the random tiny pair
+    for run, threshold in (("rsd", "0.003"), ("teacher", "0")):
+        assert (
+            main(
+                [
+                    "generate",
+                    *argv(
+                        tiny_pair,
+                        questions,
+                        path,
+                        "--run",
+                        run,
+                        "--threshold",
+                        threshold,
+                        "--max-new-tokens",
+                        "24",
+                        "--trials",
+                        "20",
+                    ),
+                ]
+            )
+            == 0
+        )
+    return path
+
+
+def test_rsd_traces_have_no_accepted_token_under_the_threshold(tiny_pair, store, tmp_path):
+    student, teacher = str(tiny_pair[1]), str(tiny_pair[0])
+    config = AnalyzeConfig(
+        students=[student, teacher], store=str(store), threshold=0.003, out=str(tmp_path / "a")
+    )
+    analysis = analyze(config)
+    rsd = analysis["sets"]["rsd"][student]
+    assert rsd["accepted_under_threshold"] == 0.0  # every accepted token had a(x) >= p_th when generated
+    assert (
+        analysis["sets"]["teacher"][student]["under_threshold"] > 0.05
+    )  # the teacher's words are not the student's
+    assert (
+        analysis["sets"]["rsd"][teacher]["accepted_under_threshold"] is None
+    )  # records only apply to their own student
+    assert set(analysis["matrix"]) == {"rsd", "teacher"} and set(analysis["matrix"]["rsd"]) == {
+        student,
+        teacher,
+    }
+    assert sum(rsd["histogram_log10"]["counts"]) == rsd["tokens"] and len(rsd["low_share_by_position"]) == 10
+    out = tmp_path / "a"
+    for name in ("histogram.png", "position.png", "matrix.png"):
+        assert (out / name).stat().st_size > 5000
+    page = (out / "traces.html").read_text()
+    assert page.count("title='p=") >= rsd["tokens"] // 2 and "class='t fb'" in page
+    report = (out / "report.md").read_text()
+    assert "| rsd |" in report and "matrix.png" in report
+    assert json.loads((out / "analysis.json").read_text())["threshold"] == 0.003
+
+
+def test_scores_equal_the_recorded_acceptance_scores(tiny_pair, store):
+    student = str(tiny_pair[1])
+    model, tokenizer = load_model(student, "cpu", "float32")
+    traces = store_sets(str(store), ["rsd"], None)["rsd"]
+    config = AnalyzeConfig(
+        students=[student], store=str(store), batch_size=4, chunk=7
+    )  # odd chunks on purpose
+    for trace, probs in zip(traces, score_set(traces, model, tokenizer, student, config)):
+        assert probs == pytest.approx(trace.scores, abs=1e-5, rel=1e-4)
+
+
+def test_exported_dataset_and_bad_input(tiny_pair, store, tmp_path, capsys):
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "What is 1 + 1?"}],
+            "completion": [{"role": "assistant", "content": "<think>\n1 + 1 = 2</think> \\boxed{2}"}],
+        }
+    ]
+    data = tmp_path / "d.jsonl"
+    Dataset.from_list(rows).to_json(str(data))
+    student = str(tiny_pair[1])
+    analysis = analyze(AnalyzeConfig(students=[student], datasets=[str(data)], out=str(tmp_path / "b")))
+    assert analysis["sets"]["d"][student]["tokens"] > 5
+    assert main(["analyze", "--students", student, "--datasets", str(data), "--text-field", "trace"]) == 2
+    assert "no column 'trace'" in capsys.readouterr().err
+    assert main(["analyze", "--students", student, "--store", str(store), "--runs", "nope"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["analyze", "--students", student]) == 2
+    assert "nothing to analyse" in capsys.readouterr().err
