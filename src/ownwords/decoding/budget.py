@@ -4,33 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .engine import Engine, Request, Sampling, Trace
+from .engine import Request, Trace
 
 
 def generate_with_budget(
-    model,
-    tokenizer,
-    sampling: Sampling,
-    requests: list[Request],
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    thinking_budget: int | None = None,
-    thinking_end: str | None = None,
-    answer_tokens: int = 1024,
+    thinking, requests: list[Request], answer=None, tokenizer=None, thinking_end: str | None = None
 ) -> Iterator[Trace]:
-    """Student-only traces for `requests`. With a thinking budget, a row still thinking at the cap (no
-    `thinking_end` yet) gets the block closed for it and continues with `answer_tokens` more."""
-    first_cap = thinking_budget or max_new_tokens
-    engine = Engine(model, tokenizer, sampling=sampling, max_new_tokens=first_cap, batch_size=batch_size)
-    if thinking_budget is None:
-        yield from engine.run(requests)
+    """Traces for `requests` from `thinking` (an engine, or anything with `run(requests)`, whose
+    max_new_tokens is the thinking budget). With an `answer` engine, a row still thinking at the cap
+    (no `thinking_end` yet) gets the block closed for it and continues there."""
+    if answer is None:
+        yield from thinking.run(requests)
         return
     if not thinking_end:
         raise ValueError("a thinking budget needs the end-of-thinking marker")
     close = tokenizer.encode(f"\n{thinking_end}\n\n", add_special_tokens=False)
     cut: dict[tuple[str, int], Trace] = {}
-    for trace in engine.run(requests):
+    for trace in thinking.run(requests):
         if trace.finish_reason == "length" and thinking_end not in tokenizer.decode(trace.token_ids):
             cut[(trace.request.question_id, trace.request.sample_index)] = trace
         else:
@@ -40,11 +30,8 @@ def generate_with_budget(
         for t in cut.values()
         for r in [t.request]
     ]
-    answer_engine = Engine(
-        model, tokenizer, sampling=sampling, max_new_tokens=answer_tokens, batch_size=batch_size
-    )
-    for answer in answer_engine.run(follow):
-        yield _join(cut[(answer.request.question_id, answer.request.sample_index)], close, answer)
+    for reply in answer.run(follow):
+        yield _join(cut[(reply.request.question_id, reply.request.sample_index)], close, reply)
 
 
 def _join(first: Trace, close: list[int], second: Trace) -> Trace:

@@ -14,11 +14,11 @@ def sample_seed(run_seed: int, question_id: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def trace_record(trace: Trace, question, tokenizer, stop_ids: set[int]) -> dict:
+def trace_record(trace: Trace, question, tokenizer) -> dict:
     """The store row of a finished trace (`question`: anything with id, question, answer); text is
-    decoded once, here, without the closing EOS."""
+    decoded once, here, without the closing EOS (a trace finished by "eos" ends with its EOS token)."""
     ids = trace.token_ids
-    body = ids[:-1] if trace.finish_reason == "eos" and ids and ids[-1] in stop_ids else ids
+    body = ids[:-1] if trace.finish_reason == "eos" else ids
     return dict(
         question_id=question.id,
         sample_index=trace.request.sample_index,

@@ -41,25 +41,35 @@ def check_device(device: str) -> None:
         raise UserError(f"device {device!r}: MPS is not available on this machine")
 
 
-def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bool = False):
-    """(model, tokenizer) from a hub id or a local directory; safetensors weights only."""
-    what = f"model {name_or_path!r}"
+def _resolve(name_or_path: str) -> str:
+    """A local folder (checked to hold a model) or a hub id, as from_pretrained should get it."""
     local = Path(name_or_path).expanduser()
     if (name_or_path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").exists():
-        raise MissingInput(f"{what}: no such model directory (expected a folder with config.json)")
-    check_device(device)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(local) if local.exists() else name_or_path, trust_remote_code=trust_remote_code
+        raise MissingInput(
+            f"model {name_or_path!r}: no such model directory (expected a folder with config.json)"
         )
+    return str(local) if local.exists() else name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer alone (a driver whose workers hold the models needs no more)."""
+    try:
+        return AutoTokenizer.from_pretrained(_resolve(name_or_path), trust_remote_code=trust_remote_code)
+    except OSError as err:  # transformers reports a missing/unreachable model as OSError
+        raise MissingInput(f"could not load the tokenizer of model {name_or_path!r}: {err}") from err
+
+
+def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bool = False):
+    """(model, tokenizer) from a hub id or a local directory; safetensors weights only."""
+    source = _resolve(name_or_path)
+    check_device(device)
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(local) if local.exists() else name_or_path,
-            dtype=DTYPES[dtype],
-            trust_remote_code=trust_remote_code,
-            use_safetensors=True,
+            source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as err:  # transformers reports a missing/unreachable model as OSError
-        raise MissingInput(f"could not load {what}: {err}") from err
+        raise MissingInput(f"could not load model {name_or_path!r}: {err}") from err
     return model.to(device).eval(), tokenizer
 
 

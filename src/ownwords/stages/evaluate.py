@@ -13,8 +13,10 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..data.benchmarks import REGISTRY, load_benchmark
@@ -22,11 +24,11 @@ from ..data.questions import Question, build_prompt, thinking_markers, unescape
 from ..data.store import TraceStore
 from ..data.verify import extract_answer, grade
 from ..decoding.budget import generate_with_budget
-from ..decoding.cache import stop_token_ids
-from ..decoding.engine import Request, Sampling
+from ..decoding.engine import Engine, Request, Sampling
+from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..models.loading import DTYPES, check_device, load_model, model_fingerprint
+from ..models.loading import DTYPES, check_device, load_model, load_tokenizer, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,16 @@ class EvalConfig:
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
     dtype: str = field(default="float32", metadata={"help": f"One of {', '.join(DTYPES)}."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    workers: int = field(
+        default=1, metadata={"help": "Ray workers, each with the model on its own device; 1: no Ray."}
+    )
+    ray_address: str | None = field(
+        default=None, metadata={"help": "Join this Ray cluster; default: a local instance."}
+    )
+    threads: int = field(
+        default=0,
+        metadata={"help": "torch CPU threads per process (0: torch's default; workers default to 1)."},
+    )
 
     def __post_init__(self) -> None:
         self.models, self.benchmarks = _split(self.models), _split(self.benchmarks)
@@ -105,6 +117,8 @@ class EvalConfig:
                 (self.thinking_budget is None or self.thinking_budget >= 1, "thinking_budget", ">= 1"),
                 (self.answer_tokens >= 1, "answer_tokens", "an integer >= 1"),
                 (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
+                (self.workers >= 1, "workers", "an integer >= 1"),
+                (self.threads >= 0, "threads", "an integer >= 0"),
                 (self.batch_size >= 1, "batch_size", ">= 1"),
                 (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
             ],
@@ -183,7 +197,10 @@ def _majority(verdicts: list[bool], answers: list[str | None]) -> bool:
 
 def evaluate(config: EvalConfig) -> dict:
     """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
-    check_device(config.device)
+    if config.workers == 1:  # with workers, each worker checks its own device
+        check_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
     paths = config.data_paths()
     questions = {
         b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
@@ -220,7 +237,10 @@ class _EvalModel:
 
 
 def _evaluate_model(config: EvalConfig, model_name: str, questions: dict[str, list[Question]]) -> dict:
-    model, tokenizer = load_model(model_name, config.device, config.dtype)
+    if config.workers > 1:  # the workers hold the model; this process writes, so it needs the tokenizer
+        model, tokenizer = None, load_tokenizer(model_name)
+    else:
+        model, tokenizer = load_model(model_name, config.device, config.dtype)
     markers = thinking_markers(tokenizer, config.generation_prefix)
     if config.thinking_budget is not None and markers is None:
         raise UserError(
@@ -262,23 +282,53 @@ def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, qu
         for i in range(config.samples)
         if (q.id, i) not in done
     ]
-    traces = generate_with_budget(
-        subject.model,
-        tok,
-        Sampling(temperature, 0, config.top_p),
-        requests,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        thinking_budget=config.thinking_budget,
-        thinking_end=subject.thinking_end,
-        answer_tokens=config.answer_tokens,
-    )
-    by_id, stop_ids = {q.id: q for q in questions}, stop_token_ids(subject.model, tok)
+    sampling = Sampling(temperature, 0, config.top_p)
+    thinking = _engine(config, subject, sampling, config.thinking_budget or config.max_new_tokens)
+    answer = _engine(config, subject, sampling, config.answer_tokens) if config.thinking_budget else None
+    traces = generate_with_budget(thinking, requests, answer, tok, subject.thinking_end)
+    by_id = {q.id: q for q in questions}
     for trace in tqdm(
         traces, total=len(requests), desc=run, unit="response", disable=not config.progress or None
     ):
-        store.add(run, trace_record(trace, by_id[trace.request.question_id], tok, stop_ids))
+        store.add(run, trace_record(trace, by_id[trace.request.question_id], tok))
     return run
+
+
+def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new_tokens: int):
+    """A student-only engine here, or a pool of Ray workers each loading the model."""
+    if config.workers > 1:
+        factory = partial(
+            student_engine,
+            subject.name,
+            config.device,
+            config.dtype,
+            sampling,
+            max_new_tokens,
+            config.batch_size,
+        )
+        return WorkerPool(
+            factory,
+            config.workers,
+            chunk=2 * config.batch_size,
+            num_gpus=1 if config.device.startswith("cuda") else 0,
+            threads=config.threads or 1,
+            address=config.ray_address,
+        )
+    return Engine(
+        subject.model,
+        subject.tokenizer,
+        sampling=sampling,
+        max_new_tokens=max_new_tokens,
+        batch_size=config.batch_size,
+    )
+
+
+def student_engine(
+    name: str, device: str, dtype: str, sampling: Sampling, max_new_tokens: int, batch_size: int
+) -> Engine:
+    """The model loaded into a student-only engine (what each Ray worker builds)."""
+    model, tokenizer = load_model(name, device, dtype)
+    return Engine(model, tokenizer, sampling=sampling, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def _identity(config: EvalConfig, subject: _EvalModel, bench: str, temperature: float) -> dict:

@@ -7,17 +7,20 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..data.questions import Question, build_prompt, load_questions, questions_fingerprint, unescape
 from ..data.store import StoreError, TraceStore
 from ..decoding.engine import RSD, Engine, Request, Sampling
+from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..models.loading import DTYPES, check_device, load_pair
+from ..models.loading import DTYPES, check_device, load_pair, load_tokenizer
 from ..rsd.sampling import LOGPROBS, RULES, AcceptanceRule
 
 logger = logging.getLogger(__name__)
@@ -45,7 +48,18 @@ PRESETS = {
     )
 }
 # Settings that do not change what a sample is; a run may be resumed with other values.
-OPERATIONAL = ("batch_size", "store", "limit", "samples", "device", "run", "progress")
+OPERATIONAL = (
+    "batch_size",
+    "store",
+    "limit",
+    "samples",
+    "device",
+    "run",
+    "progress",
+    "workers",
+    "ray_address",
+    "threads",
+)
 PRESET_ACCEPTANCE_TOP_K = {"paper": 20}
 
 
@@ -150,6 +164,21 @@ class GenerateConfig:
         default=0.5, metadata={"help": "Refuse tokenizer pairs sharing less than this fraction."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "Ray workers, each with both models on its own device (one GPU each with --device cuda); "
+            "1: this process alone, no Ray."
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "Join this Ray cluster (`ray start --head`); default: a local instance."},
+    )
+    threads: int = field(
+        default=0,
+        metadata={"help": "torch CPU threads per process (0: torch's default; workers default to 1)."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("teacher", "student", "questions"):
@@ -179,6 +208,8 @@ class GenerateConfig:
                 (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
                 (0 <= self.min_vocab_overlap <= 1, "min_vocab_overlap", "in [0, 1]"),
                 (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
+                (self.workers >= 1, "workers", "an integer >= 1"),
+                (self.threads >= 0, "threads", "an integer >= 0 (0: torch's default)"),
                 (math.isfinite(self.threshold), "threshold", "a finite number"),
                 (self.acceptance_top_k is None or self.acceptance_top_k >= 0, "acceptance_top_k", ">= 0"),
                 (self.preset is None or self.preset in PRESETS, "preset", f"one of {', '.join(PRESETS)}"),
@@ -218,23 +249,17 @@ def generate(config: GenerateConfig) -> dict:
     Inputs are checked before anything is written: the questions, then an existing store (foreign,
     read-only, locked by another process, or holding this run with another config or other
     questions), then the models. A new store is created only once all of them are good."""
-    check_device(config.device)  # here, not in the config: a GPU recipe must load on any machine
+    if config.workers == 1:  # here, not in the config: a GPU recipe must load on any machine
+        check_device(config.device)  # (with workers, each worker checks its own device)
     questions = load_questions(
         config.questions, config.question_field, config.answer_field, config.id_field, config.split
     )
     identity = to_dict(config) | {"questions_sha256": questions_fingerprint(questions)}
     questions = questions[: config.limit]  # the fingerprint covers the whole set: --limit may change
     store = open_run_store(config, identity) if Path(config.store).is_file() else None
+    engine = None
     try:
-        student, s_tok, teacher, alignment = load_pair(
-            config.teacher,
-            config.student,
-            config.device,
-            config.dtype,
-            config.trust_remote_code,
-            config.min_vocab_overlap,
-        )
-        engine = make_engine(config, student, s_tok, teacher, alignment)
+        engine, s_tok = open_engine(config)
         store = store or open_run_store(config, identity)
         store.open_run(config.run, identity, ignore=OPERATIONAL)  # inputs are valid: register the run
         requests = plan_requests(config, questions, s_tok, store.done(config.run))
@@ -248,6 +273,8 @@ def generate(config: GenerateConfig) -> dict:
         written = write_traces(config, store, engine, requests, {q.id: q for q in questions}, s_tok)
         summary = store.summary(config.run) | written | {"engine": engine.stats}
     finally:
+        if isinstance(engine, WorkerPool):
+            engine.close()
         if store is not None:
             store.close()
     summary_path(config.store, config.run).write_text(json.dumps(summary, indent=2) + "\n")
@@ -278,7 +305,37 @@ def open_run_store(config: GenerateConfig, identity: dict) -> TraceStore:
     return store
 
 
-def make_engine(config: GenerateConfig, student, s_tok, teacher, alignment) -> Engine:
+def open_engine(config: GenerateConfig):
+    """(engine, student tokenizer): the engine in this process, or a pool of Ray workers each holding
+    the pair (then this process loads the tokenizer only, and stays the only writer)."""
+    if config.workers > 1:
+        pool = WorkerPool(
+            partial(build_engine, config),
+            config.workers,
+            chunk=2 * config.batch_size,
+            num_gpus=1 if config.device.startswith("cuda") else 0,
+            threads=config.threads or 1,
+            address=config.ray_address,
+        )
+        tokenizer = load_tokenizer(config.student, config.trust_remote_code)
+        pool.start()  # every worker has loaded the pair, or the error names the one that could not
+        return pool, tokenizer
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    engine = build_engine(config)
+    return engine, engine.tokenizer
+
+
+def build_engine(config: GenerateConfig) -> Engine:
+    """Both models loaded and aligned, in an engine (in this process, or in each Ray worker)."""
+    student, s_tok, teacher, alignment = load_pair(
+        config.teacher,
+        config.student,
+        config.device,
+        config.dtype,
+        config.trust_remote_code,
+        config.min_vocab_overlap,
+    )
     return Engine(
         student,
         s_tok,
@@ -312,14 +369,12 @@ def plan_requests(
     ]
 
 
-def write_traces(config, store: TraceStore, engine: Engine, requests, by_id: dict, tokenizer) -> dict:
+def write_traces(config, store: TraceStore, engine, requests, by_id: dict, tokenizer) -> dict:
     """Run the engine and write each trace as it finishes; returns this call's counts."""
     started, tokens, fallbacks = time.perf_counter(), 0, 0
     bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not config.progress or None)
     for trace in engine.run(requests):
-        store.add(
-            config.run, trace_record(trace, by_id[trace.request.question_id], tokenizer, engine.stop_ids)
-        )
+        store.add(config.run, trace_record(trace, by_id[trace.request.question_id], tokenizer))
         tokens, fallbacks = tokens + len(trace.token_ids), fallbacks + sum(trace.fallbacks)
         bar.set_postfix(
             tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
