@@ -54,7 +54,11 @@ def _train(argv: list[str]) -> None:
     from .config import parse
     from .stages.train import TrainConfig, train
 
-    print(json.dumps(train(parse(TrainConfig, argv, prog="ownwords train")), indent=2))
+    epilog = (
+        "The options first in this list are ownwords' own and the s1 recipe's defaults; the rest are "
+        "trl.SFTConfig's (and transformers.TrainingArguments'), see TRL's SFTConfig documentation."
+    )
+    print(json.dumps(train(parse(TrainConfig, argv, prog="ownwords train", epilog=epilog)), indent=2))
 
 
 def _eval(argv: list[str]) -> None:
@@ -71,9 +75,9 @@ def _analyze(argv: list[str]) -> None:
     from .stages.analyze import AnalyzeConfig, analyze
 
     config = parse(AnalyzeConfig, argv, prog="ownwords analyze")
-    analysis = analyze(config)
-    for name, row in analysis["matrix"].items():
-        print(name, {s: f"{100 * v:.2f}%" for s, v in row.items()})
+    from .stages.analyze import matrix_table
+
+    print(matrix_table(analyze(config)))
     print(f"report in {config.out}/report.md")
 
 

@@ -37,7 +37,22 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
     return data
 
 
-def parse(cls: type[C], argv: list[str], prog: str, presets: dict[str, dict] | None = None) -> C:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where they say something: not for required options or `--no-...` switches."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.option_strings[0].startswith("--no"):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse(
+    cls: type[C],
+    argv: list[str],
+    prog: str,
+    presets: dict[str, dict] | None = None,
+    epilog: str | None = None,
+) -> C:
     """Build `cls` from argv (with `--config FILE` and, when `presets` is given, `--preset NAME`)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -52,11 +67,25 @@ def parse(cls: type[C], argv: list[str], prog: str, presets: dict[str, dict] | N
         defaults.update(presets[preset], preset=preset)
     defaults.update(from_file)
 
-    parser = HfArgumentParser(cls, prog=prog)
+    parser = HfArgumentParser(cls, prog=prog, formatter_class=_HelpFormatter, epilog=epilog)
     parser.add_argument("--config", help="YAML file setting any of the options below; flags override it")
+    _tidy_help(parser, cls)
     parser.set_defaults(**defaults)
     args = [*(["--preset", preset] if preset else []), *rest]
     return parser.parse_args_into_dataclasses(args=args)[0]  # [1] would be the leftover --config namespace
+
+
+def _tidy_help(parser: argparse.ArgumentParser, cls: type) -> None:
+    """`--no-x` says what it does (not x's help again); the fields `cls` declares itself come first
+    (for `train`: ownwords' and the s1 recipe's before the rest of TRL's SFTConfig)."""
+    own = {name: i for i, name in enumerate(vars(cls).get("__annotations__", {}))}
+    for action in parser._actions:
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            action.help = f"Turn off --{action.dest.replace('_', '-')}."
+    for group in parser._action_groups:
+        group._group_actions.sort(
+            key=lambda a: (a.dest not in own and a.dest not in ("help", "config"), own.get(a.dest, -1))
+        )
 
 
 def to_dict(config) -> dict[str, Any]:

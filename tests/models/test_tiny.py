@@ -42,3 +42,32 @@ def test_the_tiny_pair_differs_as_real_pairs_do(tiny_pair):
     think = s_tok.convert_tokens_to_ids("<think>")
     pieces = alignment.to_teacher([think])
     assert len(pieces) > 1 and t_tok.decode(pieces) == "<think>"
+
+
+def test_fit_lm_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    import pytest
+    import torch
+
+    tok = train_tokenizer(corpus(n=200), vocab_size=300)
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in arithmetic_chats(50)]
+    whole = build_model(STUDENT, tok, seed=3)
+    fit_lm(whole, tok, texts, steps=12, batch_size=4)
+    resumed, ckpt = build_model(STUDENT, tok, seed=3), tmp_path / "train.pt"
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def dies_at_step_8(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        fit_lm(resumed, tok, texts, steps=12, batch_size=4, checkpoint=ckpt, every=5)
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    fresh = build_model(STUDENT, tok, seed=99)  # a new process: other weights until the checkpoint loads
+    losses = fit_lm(fresh, tok, texts, steps=12, batch_size=4, checkpoint=ckpt, every=5)
+    assert len(losses) == 12
+    for a, b in zip(whole.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)

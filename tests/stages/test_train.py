@@ -173,3 +173,21 @@ def test_two_process_data_parallel_training(tiny_pair, traces, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
+
+
+def test_stdout_carries_the_summary_only(tiny_pair, traces, tmp_path, capfd):
+    """`ownwords train ... | jq` works: the per-step loss goes to the progress bar (stderr), not stdout."""
+    from ownwords.cli import main
+
+    assert (
+        main(
+            [
+                "train",
+                *args(tiny_pair[1], traces, tmp_path / "sft", "--max-steps", "3", "--logging-steps", "1"),
+            ]
+        )
+        == 0
+    )
+    out, err = capfd.readouterr()
+    assert json.loads(out)["steps"] == 3  # the whole of stdout is one JSON document
+    assert "{'loss'" not in out and "loss=" in err

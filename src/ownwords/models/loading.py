@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -51,12 +52,23 @@ def _resolve(name_or_path: str) -> str:
     return str(local) if local.exists() else name_or_path
 
 
+def _offline() -> str:
+    """Said in a loading error when HF_HUB_OFFLINE is set: a hub id then cannot be fetched."""
+    return (
+        " (HF_HUB_OFFLINE is set: only local folders and cached hub models load)"
+        if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        else ""
+    )
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer alone (a driver whose workers hold the models needs no more)."""
     try:
         return AutoTokenizer.from_pretrained(_resolve(name_or_path), trust_remote_code=trust_remote_code)
     except OSError as err:  # transformers reports a missing/unreachable model as OSError
-        raise MissingInput(f"could not load the tokenizer of model {name_or_path!r}: {err}") from err
+        raise MissingInput(
+            f"could not load the tokenizer of model {name_or_path!r}{_offline()}: {err}"
+        ) from err
 
 
 def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bool = False):
@@ -69,8 +81,13 @@ def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bo
             source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as err:  # transformers reports a missing/unreachable model as OSError
-        raise MissingInput(f"could not load model {name_or_path!r}: {err}") from err
+        raise MissingInput(f"could not load model {name_or_path!r}{_offline()}: {err}") from err
     return model.to(device).eval(), tokenizer
+
+
+def display_name(name_or_path: str) -> str:
+    """A model as tables, plots and reports name it: a folder's last part, a hub id's name."""
+    return Path(name_or_path.rstrip("/")).name or name_or_path
 
 
 def model_fingerprint(name_or_path: str) -> str:

@@ -154,9 +154,24 @@ def arithmetic_chats(n: int, seed: int = 0) -> list[list[dict]]:
 
 
 def fit_lm(
-    model, tokenizer, texts: list[str], steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    every: int = 100,
+    progress: str | None = None,
 ):
-    """Plain next-token training on `texts` (AdamW, linear warm-up then cosine decay); returns losses."""
+    """Plain next-token training on `texts` (AdamW, linear warm-up then cosine decay); returns losses.
+
+    With `checkpoint`, the whole state (weights, optimizer, schedule, random stream, losses) is saved
+    there every `every` steps and a run finds it and resumes: killed and restarted, it ends with the
+    same weights as a run never interrupted. `progress`: a progress-bar label (None: no bar)."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -164,9 +179,18 @@ def fit_lm(
         optimizer,
         lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / steps)),
     )
+    losses: list[float] = []
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"])
+        losses = state["losses"]
+        logger.info("resuming tiny-model training at step %d of %d (%s)", len(losses), steps, checkpoint)
     model.train()
-    losses = []
-    for _ in range(steps):
+    bar = tqdm(total=steps, initial=len(losses), desc=progress, unit="step", disable=progress is None)
+    for step in range(len(losses), steps):
         batch = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=gen).tolist()]
         width = max(len(ids) for ids in batch)
         ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in batch])
@@ -179,5 +203,24 @@ def fit_lm(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        bar.update()
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if checkpoint is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            _save_checkpoint(Path(checkpoint), model, optimizer, schedule, gen, losses)
+    bar.close()
     model.eval()
     return losses
+
+
+def _save_checkpoint(path: Path, model, optimizer, schedule, gen, losses) -> None:
+    """Written beside, then renamed: a kill mid-save leaves the previous checkpoint intact."""
+    state = dict(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        schedule=schedule.state_dict(),
+        generator=gen.get_state(),
+        losses=losses,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)

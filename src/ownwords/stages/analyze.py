@@ -17,12 +17,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..data.questions import build_prompt, chat_messages, load_rows
 from ..data.store import TraceStore
 from ..decoding.cache import logits_width, padding_id
 from ..decoding.scoring import score_tokens
 from ..errors import UserError
-from ..models.loading import DTYPES, load_model
+from ..models.loading import DTYPES, display_name, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +173,8 @@ def score_set(
             inputs.append((prompt, tokenizer(t.text, add_special_tokens=False).input_ids))
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][0]) + len(inputs[i][1]))
     out: list[list[float]] = [[] for _ in inputs]
-    for b in range(0, len(order), config.batch_size):
+    batches = range(0, len(order), config.batch_size)
+    for b in tqdm(batches, desc=f"score under {display_name(model_name)}", unit="batch", disable=None):
         idx = [i for i in order[b : b + config.batch_size] if inputs[i][1]]
         if idx:
             scored = score_tokens(
@@ -296,6 +299,18 @@ def analyze(config: AnalyzeConfig) -> dict:
     return analysis
 
 
+def matrix_table(analysis: dict) -> str:
+    """Markdown: trace sets x students, the share of tokens under p_th."""
+    students = analysis["students"]
+    lines = [
+        f"| trace set | {' | '.join(display_name(s) + ' < p_th' for s in students)} |",
+        "|---|" + "---|" * len(students),
+    ]
+    for name, row in analysis["matrix"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[s]:.2f}%" for s in students) + " |")
+    return "\n".join(lines)
+
+
 def report(analysis: dict) -> str:
     th = analysis["threshold"]
     lines = [
@@ -309,7 +324,7 @@ def report(analysis: dict) -> str:
     for name, by_student in analysis["sets"].items():
         for student, r in by_student.items():
             lines.append(
-                f"| {name} | {student} | {r['traces']} | {r['tokens']} | {100 * r['under_threshold']:.2f}% | "
+                f"| {name} | {display_name(student)} | {r['traces']} | {r['tokens']} | {100 * r['under_threshold']:.2f}% | "
                 f"{100 * r['under_0.001']:.2f}% | {100 * r['under_0.01']:.2f}% | {100 * r['under_0.1']:.2f}% | {r['mean_nll']:.3f} |"
             )
     lines += [
@@ -328,7 +343,7 @@ def report(analysis: dict) -> str:
     for name, by_student in analysis["sets"].items():
         for student, r in by_student.items():
             tokens = ", ".join(f"`{t!r}` ({c})" for t, c in r["top_low_tokens"][:10])
-            lines.append(f"* {name} under {student}: {tokens or 'none'}")
+            lines.append(f"* {name} under {display_name(student)}: {tokens or 'none'}")
     return "\n".join(lines) + "\n"
 
 
@@ -342,7 +357,7 @@ def _plots(analysis: dict, out: Path) -> None:
     fig_p, ax_p = plt.subplots(figsize=(6.5, 3.8))
     for name, by_student in analysis["sets"].items():
         for student, r in by_student.items():
-            label = f"{name} | {Path(student).name or student}"
+            label = f"{name} | {display_name(student)}"
             h = r["histogram_log10"]
             step = (h["hi"] - h["lo"]) / len(h["counts"])
             total = max(sum(h["counts"]), 1)
@@ -399,7 +414,9 @@ def trace_html(shown: dict, config: AnalyzeConfig) -> str:
         "Hover a token for its probability.</p>",
     ]
     for name, (student, traces, probs, ids, tokenizer) in shown.items():
-        parts.append(f"<h2>{html.escape(name)} <small>scored under {html.escape(student)}</small></h2>")
+        parts.append(
+            f"<h2>{html.escape(name)} <small>scored under {html.escape(display_name(student))}</small></h2>"
+        )
         for t, row, tok_ids in list(zip(traces, probs, ids, strict=True))[: config.html_traces]:
             spans = []
             for j, (tok, p) in enumerate(zip(tok_ids, row, strict=False)):

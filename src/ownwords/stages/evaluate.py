@@ -28,7 +28,7 @@ from ..decoding.engine import Engine, Request, Sampling
 from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..models.loading import DTYPES, check_device, load_model, load_tokenizer, model_fingerprint
+from ..models.loading import DTYPES, check_device, display_name, load_model, load_tokenizer, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def table(results: dict, benchmarks: list[str]) -> str:
             cells = [res[b]["temperatures"][temperature] for b in benchmarks]
             avg = sum(c["pass@1"] for c in cells) / len(cells)
             shown = " | ".join(f"{100 * c['pass@1']:.1f} ± {100 * c['pass@1_se']:.1f}" for c in cells)
-            lines.append(f"| {model} | {temperature} | {shown} | {100 * avg:.1f} |")
+            lines.append(f"| {display_name(model)} | {temperature} | {shown} | {100 * avg:.1f} |")
     return "\n".join(lines)
 
 

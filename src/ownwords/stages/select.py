@@ -21,6 +21,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..config import to_dict
 from ..data.questions import thinking_markers
 from ..data.store import TraceStore
@@ -114,7 +116,7 @@ def select(config: SelectConfig) -> dict:
         thinking_end = config.thinking_end or _thinking_end(run_config, samples)
         by_question: dict[str, list[dict]] = defaultdict(list)
         rows, dropped = [], Counter()
-        for sample in samples:
+        for sample in tqdm(samples, desc=f"select {config.run}", unit="sample", disable=None):
             failed, answer, verdict = judge(sample, config, thinking_end)
             sample["_verdict"] = (failed, answer, verdict)
             dropped[failed] += failed is not None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTConfig
 
 from ..data.questions import load_rows
@@ -103,6 +104,16 @@ class TrainConfig(SFTConfig):
             1, self.effective_batch_size // (self.per_device_train_batch_size * world)
         )
         super().__post_init__()
+
+
+class LossOnTheBar(ProgressCallback):
+    """The Trainer's progress bar (stderr), with the latest loss on it instead of a dict per step
+    printed to stdout: stdout carries the command's result only."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
+        logger.debug("step %d: %s", state.global_step, logs)
 
 
 def load_traces(source: str):
@@ -204,6 +215,10 @@ def train(config: TrainConfig) -> dict:
     model.train()  # the Trainer places it on its device
     raw = apply_length_policy(raw, tokenizer, config)
     trainer = SFTTrainer(model, args=config, train_dataset=raw, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not config.disable_tqdm:
+        trainer.add_callback(LossOnTheBar)
     check_loss_mask(trainer.train_dataset, raw, tokenizer, config.mask_checks)
     start = time.perf_counter()
     trainer.train()
