@@ -64,3 +64,38 @@ def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), scope)
     assert scope["summary"]["samples"] == 2 * 8 and scope["report"]["samples"] == 16
     assert (tmp_path / "runs" / "api.sqlite").is_file()
+
+
+@pytest.mark.slow
+def test_the_offline_usage_block_runs_as_written(tmp_path):
+    """Every command of the README's offline Usage block, run by bash exactly as written, in a
+    scratch folder holding the repository's recipes and examples (the demo trains its models: minutes)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    text = README.read_text()
+    script = text.split("<!-- offline-usage -->", 1)[1].split("<!-- /offline-usage -->", 1)[0]
+    script = script.split("```bash\n", 1)[1].split("```", 1)[0]
+    for folder in ("recipes", "examples"):
+        shutil.copytree(README.parent / folder, tmp_path / folder)
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert len((tmp_path / "data" / "demo-rsd.jsonl").read_text().splitlines()) > 0
+    assert len(json.loads((tmp_path / "eval" / "demo" / "results.json").read_text())) == 2
+    assert (tmp_path / "analysis" / "demo" / "report.md").is_file()
+    assert (tmp_path / "models" / "demo-rsd" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "tiny.sqlite").is_file()

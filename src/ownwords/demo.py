@@ -235,7 +235,12 @@ def run_demo(config: DemoConfig) -> dict:
         or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
     )
     timer = _Timer()
-    teacher, student = timer("models", tiny_pair, cache, scale, config.fresh)
+    cached = timer("models", tiny_pair, cache, scale, config.fresh)
+    # Published under OUT/models by their role (copies keep modification times, so the evaluation's
+    # weight fingerprint changes only when the models were retrained): every stage can be tried on them.
+    teacher, student = (out / "models" / role for role in ("teacher", "student"))
+    for source, target in zip(cached, (teacher, student), strict=True):
+        shutil.copytree(source, target, dirs_exist_ok=True)
     write_split(out / "data" / "arithmetic_train.jsonl", scale.train_questions, seed=1)
     write_split(out / "data" / "arithmetic_test.jsonl", scale.test_questions, seed=2)
     summaries, selections, datasets = {}, {}, {}
@@ -263,7 +268,10 @@ def run_demo(config: DemoConfig) -> dict:
         timings=timer.seconds,
     )
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out / "report.md").write_text(demo_report(summary))
+    _accuracy_plot(accuracy, config.seeds, out / "accuracy.png")
+    (out / "report.md").write_text(
+        demo_report(summary, sorted(p.relative_to(out) for p in out.glob("models/sft-*/loss.png")))
+    )
     return summary
 
 
@@ -343,7 +351,39 @@ def _speed(generation: dict) -> str:
     return f"{generation['tokens_per_second']:.0f}" if generation.get("new_samples") else "reused"
 
 
-def demo_report(summary: dict) -> str:
+ARMS = (("base", "base student"), ("teacher", "SFT on teacher traces"), ("rsd", "SFT on RSD traces"))
+
+
+def _accuracy_plot(accuracy: dict, seeds: int, path: Path) -> None:
+    """One bar per arm: mean accuracy over SFT seeds, ± standard deviation, each seed a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for x, (arm, _) in enumerate(ARMS):
+        values = (
+            [100 * accuracy["base"]]
+            if arm == "base"
+            else [100 * v for k, v in accuracy.items() if k.startswith(f"sft-{arm}-")]
+        )
+        mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        ax.bar(x, mean, 0.6, yerr=sd, capsize=4, color=("#9e9e9e", "#d9534f", "#337ab7")[x])
+        ax.plot([x] * len(values), values, "k.", alpha=0.6)
+        ax.text(x, mean + sd + 1, f"{mean:.1f}%", ha="center", fontsize=9)
+    ax.set_xticks(range(len(ARMS)), [label.replace(" on ", "\non ") for _, label in ARMS])
+    ax.set(
+        ylabel="accuracy on held-out questions (%)",
+        title=f"ownwords demo: greedy accuracy, {seeds} SFT seed(s)",
+    )
+    ax.set_ylim(0, max(100 * max(accuracy.values()) + 10, 10))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def demo_report(summary: dict, loss_plots: list[Path] = ()) -> str:
     acc = summary["accuracy"]
     th = {run: s for run, s in summary["generation"].items()}
     rows = [
@@ -383,8 +423,16 @@ def demo_report(summary: dict) -> str:
         "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in summary["timings"].items()],
         "",
-        "Plots and the token-by-token view: [analysis/report.md](analysis/report.md), "
-        "[analysis/traces.html](analysis/traces.html); evaluation records in `eval/`.",
+        "## Plots",
+        "",
+        "![accuracy per arm](accuracy.png)",
+        "",
+        "* [accuracy per arm](accuracy.png), [evaluation per model](eval/comparison.png)",
+        "* [low-probability tokens, trace sets x students](analysis/matrix.png), "
+        "[token probability histogram](analysis/histogram.png), [where the unlikely tokens are](analysis/position.png)",
+        "* training loss: " + ", ".join(f"[{p.parent.name}]({p})" for p in loss_plots),
+        "* the traces token by token: [analysis/traces.html](analysis/traces.html); analysis report: "
+        "[analysis/report.md](analysis/report.md); evaluation records in `eval/`",
         "",
     ]
     return "\n".join(lines)

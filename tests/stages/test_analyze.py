@@ -103,3 +103,23 @@ def test_exported_dataset_and_bad_input(tiny_pair, store, tmp_path, capsys):
     assert "no run 'nope'" in capsys.readouterr().err
     assert main(["analyze", "--students", student]) == 2
     assert "nothing to analyse" in capsys.readouterr().err
+
+
+def test_the_trace_view_pages_through_every_question_with_its_traces_side_by_side(tiny_pair, store, tmp_path):
+    from ownwords.data.store import TraceStore
+
+    with TraceStore(store) as s:
+        samples = list(s.samples("rsd"))
+        s.write_selection(
+            "rsd", [(r["question_id"], r["sample_index"], "chosen", None, "7", 1) for r in samples], {}, {}
+        )
+    analyze(AnalyzeConfig(students=[str(tiny_pair[1])], store=str(store), out=str(tmp_path / "v")))
+    page = (tmp_path / "v" / "traces.html").read_text()
+    sections = page.split("<section class='q'>")[1:]
+    assert len(sections) == len({r["question_id"] for r in samples})  # every question, not 12 traces
+    for section in sections:  # the same question's RSD and teacher traces on one page
+        assert "<h3>rsd &middot;" in section and "<h3>teacher &middot;" in section
+    assert "extracted answer: <b>7</b> <span class='ok'>correct</span> &middot; selection: chosen" in page
+    assert "selection: not selected yet" in page  # the teacher run has no selection
+    assert "<span class='prefix'>&lt;think&gt;" in page and "gold answer: <b>" in page
+    assert "id='pick'" in page and "pages.forEach" in page

@@ -306,6 +306,19 @@ class TraceStore:
         )
         return [_decoded(row) for row in self.db.execute(query, (run,))]
 
+    def selection(self, run: str) -> dict[tuple[str, int], dict]:
+        """What `select` decided for each sample of the run ({} before it ran): status, reason, the
+        extracted answer, correct (1 / 0 / None)."""
+        if not self._has("selection"):
+            return {}
+        query = (
+            "SELECT question_id, sample_index, status, reason, answer, correct FROM selection WHERE run = ?"
+        )
+        return {
+            (r[0], r[1]): dict(status=r[2], reason=r[3], answer=r[4], correct=r[5])
+            for r in self.db.execute(query, (run,))
+        }
+
     def _has(self, table: str) -> bool:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         return self.db.execute(query, (table,)).fetchone() is not None

@@ -61,7 +61,12 @@ class AnalyzeConfig:
     chunk: int = field(
         default=512, metadata={"help": "Long traces are scored in chunks of this many tokens (KV-cached)."}
     )
-    html_traces: int = field(default=12, metadata={"help": "Traces per set shown in the HTML view."})
+    html_traces: int = field(
+        default=400,
+        metadata={
+            "help": "Traces per set in the HTML view (0: all; each token is a span, so big sets make big pages)."
+        },
+    )
     out: str = field(default="analysis", metadata={"help": "Output directory."})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
     dtype: str = field(default="float32", metadata={"help": f"One of {', '.join(DTYPES)}."})
@@ -94,6 +99,9 @@ class ScoredTrace:
     token_ids: list[int] | None = None
     fallbacks: list[int] | None = None
     scores: list[float] | None = None
+    question: str = ""  # the question as asked (for the trace view)
+    gold: str | None = None
+    verdict: dict | None = None  # what `select` decided: status, reason, answer, correct
 
 
 # -- loading trace sets -------------------------------------------------------------------------
@@ -105,6 +113,7 @@ def store_sets(path: str, runs: list[str], limit: int | None) -> dict[str, list[
         for run in runs or sorted(store.runs()):
             config = store.require_run(run)
             system = config.get("system_prompt") or None
+            verdicts = store.selection(run)
             traces = []
             for s in store.samples(run):
                 messages = chat_messages(s["question"], system)
@@ -119,6 +128,9 @@ def store_sets(path: str, runs: list[str], limit: int | None) -> dict[str, list[
                         s["token_ids"],
                         s["fallbacks"],
                         s["scores"],
+                        question=s["question"],
+                        gold=s["answer"],
+                        verdict=verdicts.get((s["question_id"], s["sample_index"])),
                     )
                 )
                 if limit and len(traces) >= limit:
@@ -141,7 +153,9 @@ def dataset_set(source: str, config: AnalyzeConfig) -> list[ScoredTrace]:
             prompt = chat_messages(prompt, config.system_prompt)
         if isinstance(text, list):  # conversational completion: the assistant turn's content
             text = "".join(m["content"] for m in text)
-        traces.append(ScoredTrace(str(row.get("question_id", i)), prompt, "", text))
+        traces.append(
+            ScoredTrace(str(row.get("question_id", i)), prompt, "", text, question=prompt[-1]["content"])
+        )
         if config.max_traces and len(traces) >= config.max_traces:
             break
     return traces
@@ -387,47 +401,120 @@ def _plots(analysis: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
+    _matrix_plot(plt, analysis, out / "matrix.png")
+
+
+def _matrix_plot(plt, analysis: dict, path: Path) -> None:
+    """Trace sets x students heat map: the share of tokens under p_th, written in every cell."""
     sets, students = list(analysis["matrix"]), analysis["students"]
     values = [[100 * analysis["matrix"][s][m] for m in students] for s in sets]
-    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(students), 1.2 + 0.6 * len(sets)))
-    image = ax.imshow(values, cmap="Reds", aspect="auto")
+    top = max(max(row) for row in values) or 1.0
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.5 + 1.8 * len(students)), 1.8 + 0.7 * len(sets)))
+    image = ax.imshow(values, cmap="Reds", aspect="auto", vmin=0, vmax=max(top, 1.0))
     for i, row in enumerate(values):
-        for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.1f}%", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(students)), [Path(m).name or m for m in students], rotation=20)
+        for j, v in enumerate(row):  # light text on dark cells
+            ax.text(
+                j,
+                i,
+                f"{v:.1f}%",
+                ha="center",
+                va="center",
+                fontsize=11,
+                color="white" if v > 0.55 * top else "black",
+            )
+    ax.set_xticks(range(len(students)), [display_name(m) for m in students])
     ax.set_yticks(range(len(sets)), sets)
-    ax.set_title(f"tokens under p_th={analysis['threshold']:g}")
-    fig.colorbar(image, ax=ax)
+    ax.set_xlabel("scored under student")
+    ax.set_ylabel("trace set")
+    ax.set_title(f"Trace tokens the student gives under p_th = {analysis['threshold']:g}")
+    fig.colorbar(image, ax=ax, label="% of trace tokens under p_th")
     fig.tight_layout()
-    fig.savefig(out / "matrix.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:96em;margin:1.5em auto;padding:0 1em;color:#222}
+nav{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ddd}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(28em,1fr));gap:1em}
+.trace{border:1px solid #ddd;border-radius:6px;padding:.6em}
+.meta{font-size:13px;color:#444}.ok{color:#17803d;font-weight:600}.bad{color:#b3261e;font-weight:600}
+pre{white-space:pre-wrap;font-size:13px;line-height:1.7;color:#111}
+span.t{border-radius:2px}span.fb{outline:1.5px solid #1f5fbf;outline-offset:-1px}
+span.prefix{color:#777;font-style:italic}.legend span{padding:0 .4em}
+"""
+SCRIPT = """
+const pages=[...document.querySelectorAll('section.q')],pick=document.getElementById('pick');
+function show(i){i=Math.max(0,Math.min(pages.length-1,i));pages.forEach((p,j)=>p.hidden=j!==i);pick.value=i;}
+pick.onchange=()=>show(+pick.value);
+document.getElementById('prev').onclick=()=>show(+pick.value-1);
+document.getElementById('next').onclick=()=>show(+pick.value+1);
+document.onkeydown=e=>{if(e.key==='ArrowLeft')show(+pick.value-1);if(e.key==='ArrowRight')show(+pick.value+1);};
+show(0);
+"""
+
+
 def trace_html(shown: dict, config: AnalyzeConfig) -> str:
-    """Traces token by token, coloured by student probability; fallback tokens boxed; hover = probability."""
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>ownwords traces</title><style>",
-        "body{font-family:sans-serif;max-width:70em;margin:2em auto}pre{white-space:pre-wrap;font-size:13px;line-height:1.6}",
-        "span.t{border-radius:2px}span.fb{outline:1.5px solid #1f5fbf}.legend span{padding:0 .4em}</style>",
-        f"<h1>ownwords traces</h1><p class='legend'>Background: student probability of each token (white = likely, "
-        f"red = under p_th = {config.threshold:g}). <span class='fb'>Boxed</span>: fallback tokens the student wrote itself. "
-        "Hover a token for its probability.</p>",
-    ]
+    """One page per question, its traces from every set side by side: the question, the gold answer,
+    each trace's extracted answer and selection status, and its tokens coloured by the student's
+    probability (fallback tokens boxed; hover for the probability)."""
+    pages: dict[str, list[str]] = {}  # question -> one card per trace
+    asked: dict[str, tuple[str, str | None]] = {}
     for name, (student, traces, probs, ids, tokenizer) in shown.items():
+        limit = config.html_traces or len(traces)
+        for t, row, tok_ids in list(zip(traces, probs, ids, strict=True))[:limit]:
+            key = t.id.split("#", 1)[0]
+            asked.setdefault(key, (t.question, t.gold))
+            pages.setdefault(key, []).append(
+                _trace_card(name, student, t, row, tok_ids, tokenizer, config.threshold)
+            )
+    options = "".join(f"<option value='{i}'>{html.escape(q[:90])}</option>" for i, q in enumerate(asked))
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>ownwords traces</title><style>{STYLE}</style>",
+        "<h1>ownwords traces</h1><p class='legend'>Background: the student's probability of each token "
+        f"(white = likely, red = under p_th = {config.threshold:g}). <span class='fb'>Boxed</span>: a fallback token "
+        "the student wrote itself. <span class='prefix'>Grey</span>: the generation prefix. Hover a token for its "
+        "probability; arrow keys page through the questions.</p>",
+        f"<nav><button id='prev'>&larr;</button> <select id='pick'>{options}</select> "
+        f"<button id='next'>&rarr;</button> {len(asked)} questions</nav>",
+    ]
+    for key, cards in pages.items():
+        question, gold = asked[key]
         parts.append(
-            f"<h2>{html.escape(name)} <small>scored under {html.escape(display_name(student))}</small></h2>"
+            f"<section class='q'><h2>{html.escape(key)}</h2><p>{html.escape(question)}</p>"
+            f"<p class='meta'>gold answer: <b>{html.escape(str(gold))}</b></p><div class='grid'>{''.join(cards)}</div></section>"
         )
-        for t, row, tok_ids in list(zip(traces, probs, ids, strict=True))[: config.html_traces]:
-            spans = []
-            for j, (tok, p) in enumerate(zip(tok_ids, row, strict=False)):
-                fallback = own_tokens(t, student) and j < len(t.fallbacks) and t.fallbacks[j]
-                strength = min(
-                    1.0, max(0.0, -math.log10(max(p, 1e-12)) / -math.log10(config.threshold) / 1.5)
-                )
-                color = f"rgba(220,40,40,{strength:.2f})"
-                spans.append(
-                    f"<span class='t{' fb' if fallback else ''}' style='background:{color}' title='p={p:.4g}'>"
-                    f"{html.escape(tokenizer.decode([tok]))}</span>"
-                )
-            parts.append(f"<h3>{html.escape(t.id)}</h3><pre>{''.join(spans)}</pre>")
-    return "\n".join(parts) + "\n"
+    return "\n".join([*parts, f"<script>{SCRIPT}</script>"]) + "\n"
+
+
+def _trace_card(
+    name: str, student: str, t: ScoredTrace, row: list[float], tok_ids: list[int], tokenizer, threshold: float
+) -> str:
+    verdict = t.verdict or {}
+    correct = verdict.get("correct")
+    mark = (
+        ""
+        if correct is None
+        else ("<span class='ok'>correct</span>" if correct else "<span class='bad'>wrong</span>")
+    )
+    status = verdict.get("status", "not selected yet")
+    if verdict.get("reason"):
+        status += f" ({verdict['reason']})"
+    meta = (
+        f"extracted answer: <b>{html.escape(str(verdict.get('answer')))}</b> {mark} &middot; selection: {html.escape(status)}"
+        f" &middot; {len(row)} tokens, {sum(p < threshold for p in row)} under p_th"
+    )
+    spans = [f"<span class='prefix'>{html.escape(t.prefix)}</span>"] if t.prefix else []
+    own = own_tokens(t, student)
+    for j, (tok, p) in enumerate(zip(tok_ids, row, strict=False)):
+        fallback = own and j < len(t.fallbacks) and t.fallbacks[j]
+        strength = min(1.0, max(0.0, -math.log10(max(p, 1e-12)) / -math.log10(threshold) / 1.5))
+        spans.append(
+            f"<span class='t{' fb' if fallback else ''}' style='background:rgba(235,60,50,{0.75 * strength:.2f})' "
+            f"title='p={p:.4g}'>{html.escape(tokenizer.decode([tok]))}</span>"
+        )
+    return (
+        f"<div class='trace'><h3>{html.escape(name)} &middot; {html.escape(t.id)} "
+        f"<small>under {html.escape(display_name(student))}</small></h3><p class='meta'>{meta}</p>"
+        f"<pre>{''.join(spans)}</pre></div>"
+    )

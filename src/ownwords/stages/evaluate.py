@@ -395,19 +395,27 @@ def plot_comparison(results: dict, benchmarks: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(results)
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(benchmarks), 3.8))
-    for m, model in enumerate(models):
-        temps = results[model][benchmarks[0]]["temperatures"]
-        first = next(iter(temps))
-        values = [100 * results[model][b]["temperatures"][first]["pass@1"] for b in benchmarks]
-        errors = [100 * results[model][b]["temperatures"][first]["pass@1_se"] for b in benchmarks]
-        xs = [i + (m - (len(models) - 1) / 2) * width for i in range(len(benchmarks))]
-        ax.bar(xs, values, width, yerr=errors, label=Path(model).name or model, capsize=2)
+    # one bar per model (and temperature, when several) per benchmark; error bar: standard error
+    temperatures = list(results[next(iter(results))][benchmarks[0]]["temperatures"])
+    bars = [(m, t) for m in results for t in temperatures]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(3.5 + 1.0 * len(benchmarks) * max(1, len(bars) / 3), 4.0))
+    for k, (model, t) in enumerate(bars):
+        cells = [results[model][b]["temperatures"][t] for b in benchmarks]
+        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(benchmarks))]
+        label = display_name(model) + (f", T={t}" if len(temperatures) > 1 else "")
+        ax.bar(
+            xs,
+            [100 * c["pass@1"] for c in cells],
+            width,
+            yerr=[100 * c["pass@1_se"] for c in cells],
+            label=label,
+            capsize=3,
+        )
     ax.set_xticks(range(len(benchmarks)), benchmarks)
-    ax.set(ylabel="pass@1 (%)", title="ownwords eval")
-    ax.legend(fontsize=8)
+    shown = f"T = {temperatures[0]}" if len(temperatures) == 1 else "several temperatures"
+    ax.set(ylabel="pass@1 (%, ± standard error)", title=f"ownwords eval ({shown})")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -249,7 +249,7 @@ def _plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([s for s, _ in losses], [v for _, v in losses], marker=".")
-    ax.set(xlabel="optimizer step", ylabel="training loss", title="ownwords train")
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"ownwords train: {path.parent.name}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
