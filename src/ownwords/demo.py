@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .models.loading import set_cpu_threads
 from .models.tiny import TinySpec, build_model, fit_lm, train_tokenizer
 from .stages.analyze import AnalyzeConfig, analyze
 from .stages.evaluate import EvalConfig, evaluate, temperature_key
@@ -73,6 +74,7 @@ class DemoConfig:
     )
     seeds: int = field(default=3, metadata={"help": "SFT seeds per arm (the report gives mean and spread)."})
     fresh: bool = field(default=False, metadata={"help": "Retrain the cached tiny teacher and student."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: the free cores)."})
     cache_dir: str | None = field(
         default=None, metadata={"help": "Model cache (default ~/.cache/ownwords/demo)."}
     )
@@ -235,6 +237,7 @@ def run_demo(config: DemoConfig) -> dict:
         or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
     )
     timer = _Timer()
+    set_cpu_threads(config.threads)
     cached = timer("models", tiny_pair, cache, scale, config.fresh)
     # Published under OUT/models by their role (copies keep modification times, so the evaluation's
     # weight fingerprint changes only when the models were retrained): every stage can be tried on them.

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..data.benchmarks import REGISTRY, load_benchmark
@@ -28,7 +27,15 @@ from ..decoding.engine import Engine, Request, Sampling
 from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..models.loading import DTYPES, check_device, display_name, load_model, load_tokenizer, model_fingerprint
+from ..models.loading import (
+    DTYPES,
+    check_device,
+    display_name,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    set_cpu_threads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +95,7 @@ class EvalConfig:
     )
     threads: int = field(
         default=0,
-        metadata={"help": "torch CPU threads per process (0: torch's default; workers default to 1)."},
+        metadata={"help": "torch CPU threads (0: the free cores; each Ray worker: 1 unless set)."},
     )
 
     def __post_init__(self) -> None:
@@ -199,8 +206,8 @@ def evaluate(config: EvalConfig) -> dict:
     """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
     if config.workers == 1:  # with workers, each worker checks its own device
         check_device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        if not config.device.startswith("cuda"):
+            set_cpu_threads(config.threads)
     paths = config.data_paths()
     questions = {
         b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks

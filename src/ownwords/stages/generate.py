@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..config import to_dict
@@ -20,7 +19,7 @@ from ..decoding.engine import RSD, Engine, Request, Sampling
 from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..models.loading import DTYPES, check_device, load_pair, load_tokenizer
+from ..models.loading import DTYPES, check_device, load_pair, load_tokenizer, set_cpu_threads
 from ..rsd.sampling import LOGPROBS, RULES, AcceptanceRule
 
 logger = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ class GenerateConfig:
     )
     threads: int = field(
         default=0,
-        metadata={"help": "torch CPU threads per process (0: torch's default; workers default to 1)."},
+        metadata={"help": "torch CPU threads (0: the free cores; each Ray worker: 1 unless set)."},
     )
 
     def __post_init__(self) -> None:
@@ -320,8 +319,8 @@ def open_engine(config: GenerateConfig):
         tokenizer = load_tokenizer(config.student, config.trust_remote_code)
         pool.start()  # every worker has loaded the pair, or the error names the one that could not
         return pool, tokenizer
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if not config.device.startswith("cuda"):
+        set_cpu_threads(config.threads)
     engine = build_engine(config)
     return engine, engine.tokenizer
 

@@ -21,7 +21,7 @@ from trl import SFTConfig
 
 from ..data.questions import load_rows
 from ..errors import MissingInput, UserError
-from ..models.loading import load_model
+from ..models.loading import load_model, set_cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TrainConfig(SFTConfig):
         metadata={"help": "Examples per optimizer step over all devices; sets gradient accumulation."},
     )
     mask_checks: int = field(default=16, metadata={"help": "Tokenised examples whose loss mask is verified."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads on CPU (0: the free cores)."})
     # The s1 recipe (simplescaling/s1 train/sft.sh), as the paper's authors ran it.
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the fine-tuned model is saved (required)."}
@@ -211,6 +212,8 @@ def train(config: TrainConfig) -> dict:
     from trl import SFTTrainer
 
     raw = load_traces(config.dataset)
+    if config.use_cpu or not torch.cuda.is_available():
+        set_cpu_threads(config.threads)
     model, tokenizer = load_model(config.model, "cpu", "bfloat16" if config.bf16 else "float32")
     model.train()  # the Trainer places it on its device
     raw = apply_length_policy(raw, tokenizer, config)
