@@ -41,7 +41,10 @@ def test_report_shows_mean_and_spread():
             "sft-rsd-seed0": 0.6,
             "sft-rsd-seed1": 0.6,
         },
-        generation={r: {"fallback_rate": 0.3, "tokens_per_second": 100.0} for r in ("rsd", "teacher")},
+        generation={  # a rerun: the teacher traces were all in the store already
+            "rsd": {"fallback_rate": 0.3, "tokens_per_second": 100.0, "new_samples": 4},
+            "teacher": {"fallback_rate": 0.3, "tokens_per_second": 0.0, "new_samples": 0},
+        },
         selection={
             r: {"samples_passed": 5, "samples": 8, "questions_covered": 3, "questions": 4}
             for r in ("rsd", "teacher")
@@ -54,5 +57,7 @@ def test_report_shows_mean_and_spread():
         "| SFT on teacher traces | 30.0% ± 14.1 |" in report
         and "| SFT on RSD traces | 60.0% ± 0.0 |" in report
     )
-    assert "| teacher | 5 / 8 | 3 / 4 | 0.300 | 100 | 25.00% |" in report
+    assert "| teacher | 5 / 8 | 3 / 4 | 0.300 | reused | 25.00% |" in report
+    assert "| rsd | 5 / 8 | 3 / 4 | 0.300 | 100 | 0.00% |" in report
+    assert "(accuracy.png)" in report and "(analysis/traces.html)" in report
     assert DemoConfig(quick=True).seeds == 1

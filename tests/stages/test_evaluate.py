@@ -157,7 +157,8 @@ def test_two_models_give_one_table_and_a_chart(tiny_pair, bench_files, tmp_path)
         == 0
     )
     table = (out / "table.md").read_text()
-    assert str(tiny_pair[0]) in table and str(tiny_pair[1]) in table
+    assert "| teacher | 0.7 |" in table and "| student | 0.7 |" in table  # readable names, not paths
+    assert str(tiny_pair[0]) not in table
     assert (out / "comparison.png").stat().st_size > 1000
 
 
@@ -307,3 +308,15 @@ def test_new_weights_at_the_same_path_are_evaluated_again(tiny_pair, bench_files
         assert len(runs) == 2 and all(r.startswith("math500@T=0.0@") for r in runs)
         texts = [[s["token_ids"] for s in store.samples(r)] for r in runs]
     assert texts[0] != texts[1]  # greedy decoding of different weights: the new run really ran
+
+
+def test_seeds_of_one_arm_are_one_bar():
+    from ownwords.stages.evaluate import group_seeds
+
+    models = ["/m/base", "/m/sft-rsd-seed0", "/m/sft-rsd-seed1", "/m/sft-teacher-seed0", "Qwen/Qwen3-0.6B"]
+    assert group_seeds(models) == {
+        "base": ["/m/base"],
+        "sft-rsd": ["/m/sft-rsd-seed0", "/m/sft-rsd-seed1"],
+        "sft-teacher": ["/m/sft-teacher-seed0"],
+        "Qwen3-0.6B": ["Qwen/Qwen3-0.6B"],
+    }

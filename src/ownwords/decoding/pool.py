@@ -73,6 +73,7 @@ class WorkerPool:
     stats: dict = field(default_factory=lambda: dict.fromkeys(STATS, 0))
     _actors: list | None = field(default=None, init=False, repr=False)
     _owns_ray: bool = field(default=False, init=False, repr=False)
+    _waits: dict = field(default_factory=dict, init=False, repr=False)  # worker -> failed probes in a row
 
     def start(self) -> None:
         """Start the workers and wait until each has loaded its models (a failure names the worker)."""
@@ -126,6 +127,8 @@ class WorkerPool:
             load[i] -= 1
             try:
                 traces, stats = ray.get(done)
+            except ray.exceptions.RayTaskError:  # the task itself raised: a bug or bad input, not a death
+                raise
             except ray.exceptions.RayError as err:  # the worker died: its chunk goes out again
                 failures += 1
                 if failures > self.max_failures:
@@ -141,16 +144,21 @@ class WorkerPool:
                 self.stats[key] += value
             yield from traces
 
-    @staticmethod
-    def _probed(ray, actors: list, probes: dict, done) -> None:
-        """A restarted worker answered (or not yet: ask again shortly)."""
+    def _probed(self, ray, actors: list, probes: dict, done) -> None:
+        """A restarted worker answered (or not yet: ask again shortly, for up to a minute)."""
         i = probes.pop(done)
         try:
             pid, error = ray.get(done)
-        except ray.exceptions.RayError:
+        except ray.exceptions.RayError as err:
+            self._waits[i] = self._waits.get(i, 0) + 1
+            if self._waits[i] > 120:
+                raise RuntimeError(
+                    f"worker {i} did not come back within a minute of failing ({err})"
+                ) from err
             time.sleep(0.5)
             probes[actors[i].ready.remote()] = i
             return
+        self._waits.pop(i, None)
         if error:
             raise UserError(f"worker {i} (pid {pid}) could not load its models after a restart: {error}")
         logger.info("worker %d is back (pid %d)", i, pid)

@@ -179,15 +179,7 @@ def fit_lm(
         optimizer,
         lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * 0.5 * (1 + math.cos(math.pi * s / steps)),
     )
-    losses: list[float] = []
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        gen.set_state(state["generator"])
-        losses = state["losses"]
-        logger.info("resuming tiny-model training at step %d of %d (%s)", len(losses), steps, checkpoint)
+    losses = _resume(Path(checkpoint), model, optimizer, schedule, gen) if checkpoint is not None else []
     model.train()
     bar = tqdm(total=steps, initial=len(losses), desc=progress, unit="step", disable=progress is None)
     for step in range(len(losses), steps):
@@ -210,6 +202,19 @@ def fit_lm(
     bar.close()
     model.eval()
     return losses
+
+
+def _resume(path: Path, model, optimizer, schedule, gen) -> list[float]:
+    """Load a training checkpoint into the live objects; the losses so far ([] without one)."""
+    if not path.is_file():
+        return []
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    gen.set_state(state["generator"])
+    logger.info("resuming tiny-model training at step %d (%s)", len(state["losses"]), path)
+    return state["losses"]
 
 
 def _save_checkpoint(path: Path, model, optimizer, schedule, gen, losses) -> None:
