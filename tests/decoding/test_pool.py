@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import pytest
 from helpers import assert_same_rows, finished, rows
@@ -172,3 +173,24 @@ def test_workers_without_ray_say_what_to_install(tiny_pair, tmp_path, capsys, mo
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     assert main(gen_args(tiny_pair, questions(tmp_path, 2), tmp_path / "s.sqlite", "--workers", "2")) == 2
     assert "pip install 'ownwords[ray]'" in capsys.readouterr().err
+
+
+def test_a_task_that_raises_is_not_retried_as_a_dead_worker(tiny_pair, caplog):
+    """An error inside a worker's task (here: a token id past the vocabulary) is a bug or bad input,
+    not a death: it surfaces at once, without handing the chunk out again."""
+    import ray
+
+    from ownwords.decoding.engine import Request
+    from ownwords.decoding.pool import WorkerPool
+    from ownwords.stages.generate import GenerateConfig, build_engine
+
+    config = GenerateConfig(
+        teacher=str(tiny_pair[0]), student=str(tiny_pair[1]), questions="unused.jsonl", max_new_tokens=2
+    )
+    pool = WorkerPool(partial(build_engine, config), 2)
+    with (
+        caplog.at_level("WARNING", logger="ownwords.decoding.pool"),
+        pytest.raises(ray.exceptions.RayTaskError),
+    ):
+        list(pool.run([Request("q", 0, [10**9], seed=0)]))
+    assert "handed out again" not in caplog.text

@@ -135,3 +135,14 @@ def test_top_p_matches_a_full_sort_nucleus():
     logits = torch.randn(12, 1000, generator=gen) * scales[:, None]
     for p in (0.3, 0.9, 0.999):
         assert torch.allclose(probs_from_logits(logits, top_p=p), full_sort(logits, p))
+
+
+def test_a_row_with_no_proposal_falls_back_to_the_student():
+    """T = 0 everywhere (none of the teacher's listed tokens is shared): nothing can be accepted,
+    even where alpha is 1, and the token comes from S."""
+    n = 500
+    proposal = torch.zeros(n, 5)
+    u = torch.rand(n, 2 * 3 + 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    tokens, fallback, tried = rsd_sample(proposal, torch.ones(n, 5), S.expand(n, -1), 3, u)
+    assert fallback.all() and (tried == 3).all()
+    assert torch.equal(tokens, sample_from(S.expand(n, -1), u[:, -1:]).squeeze(-1))

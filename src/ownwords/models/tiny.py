@@ -181,7 +181,9 @@ def fit_lm(
     )
     losses = _resume(Path(checkpoint), model, optimizer, schedule, gen) if checkpoint is not None else []
     model.train()
-    bar = tqdm(total=steps, initial=len(losses), desc=progress, unit="step", disable=None if progress else True)
+    bar = tqdm(
+        total=steps, initial=len(losses), desc=progress, unit="step", disable=None if progress else True
+    )
     for step in range(len(losses), steps):
         batch = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=gen).tolist()]
         width = max(len(ids) for ids in batch)

@@ -201,7 +201,8 @@ def rsd_sample(
     candidates = sample_from(proposal, uniforms[:, :trials])  # [B, N]
     coins = uniforms[:, trials : 2 * trials]  # [B, N]
     accepted = coins < alpha.gather(-1, candidates).double()  # [B, N]
-    accepted &= proposal.sum(-1, keepdim=True) > 0  # a row with no proposal (T = 0 everywhere) falls back
+    # a candidate with T = 0 comes only from a row with no proposal at all (none of T's tokens shared)
+    accepted &= proposal.gather(-1, candidates) > 0
     fallback = ~accepted.any(-1)  # [B]
     first = accepted.long().argmax(-1)  # [B]; first accepted trial (0 when none)
     drawn = sample_from(student, uniforms[:, -1:]).squeeze(-1)  # [B]
