@@ -18,12 +18,15 @@ import torch
 
 from ..rsd.sampling import (
     AcceptanceRule,
+    RawScores,
+    Support,
     probs_from_logits,
     rsd_explain,
     rsd_probs,
     rsd_sample,
     sample_from,
     speculative_verify,
+    support_from_logits,
     uniforms_for,
 )
 from ..rsd.vocab import VocabAlignment
@@ -48,6 +51,9 @@ class Sampling:
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return probs_from_logits(logits, self.temperature, self.top_k, self.top_p, self.logprobs)
 
+    def support(self, logits: torch.Tensor) -> Support:
+        return support_from_logits(logits, self.temperature, self.top_k, self.top_p, self.logprobs)
+
 
 def proposal_probs(t_logits: torch.Tensor, sampling: Sampling, alignment: VocabAlignment) -> torch.Tensor:
     """T [N, Vs] on student ids from teacher logits [N, Vt_model] (padded columns never proposed).
@@ -60,6 +66,16 @@ def proposal_probs(t_logits: torch.Tensor, sampling: Sampling, alignment: VocabA
         return sampling.probs(alignment.teacher_logits_to_student(t_logits))
     own = sampling.probs(t_logits[:, : alignment.teacher_size])  # [N, Vt]
     return alignment.teacher_probs_to_student(own)
+
+
+def proposal_support(t_logits: torch.Tensor, sampling: Sampling, alignment: VocabAlignment) -> Support:
+    """``proposal_probs`` kept on each row's support (student ids)."""
+    if sampling.logprobs == "none":
+        if alignment.shared_prefix:  # the shared tokens are the first columns on both sides
+            return sampling.support(t_logits[:, : alignment.shared_prefix])
+        return sampling.support(alignment.teacher_logits_to_student(t_logits))
+    own = sampling.support(t_logits[:, : alignment.teacher_size])
+    return Support(*alignment.teacher_support_to_student(own.probs, own.ids))
 
 
 @dataclass(frozen=True)
@@ -254,30 +270,27 @@ class Engine:
 
     @torch.inference_mode()
     def _step(self, s_logits: torch.Tensor, t_logits: torch.Tensor | None, generators) -> list[Emitted]:
-        """One token for every row."""
+        """One token for every row. S and T are kept on each row's support (a few dozen tokens after
+        top-k / top-p), so no step pays for several passes over a 150k-token vocabulary."""
         s_logits = s_logits[:, : self.vocab]  # [B, Vs]; padded embedding columns ignored
+        student = self.sampling.support(s_logits)  # S: [B, Ks]
+        scores = RawScores(s_logits) if self.rsd.score == "raw" else student
         if t_logits is None:
-            s_dist = self.sampling.probs(s_logits)
-        elif self.sampling.logprobs == "none":  # S and T in one pass over [2B, Vs]: per-op cost dominates
-            t_logits = self.alignment.teacher_logits_to_student(t_logits)
-            s_dist, proposal = self.sampling.probs(torch.cat([s_logits, t_logits])).chunk(2)
-        else:
-            s_dist, proposal = self.sampling.probs(s_logits), self._proposal(t_logits)
-        score = s_logits.softmax(-1) if self.rsd.score == "raw" else s_dist
-        if t_logits is None:
-            # s_dist-only: one draw; fallback-only RSD: the same 2N + 1 draws RSD makes, its last one
+            # S only: one draw; fallback-only RSD: the same 2N + 1 draws RSD makes, its last one
             n = 2 * self.rsd.trials + 1 if self.fallback_only else 1
-            u = uniforms_for(generators, n)[:, -1:].to(s_dist.device)
-            tokens = sample_from(s_dist, u).squeeze(-1)
+            tokens = student.sample(uniforms_for(generators, n)[:, -1:].to(s_logits.device)).squeeze(-1)
             proposal_p = torch.full_like(tokens, math.nan, dtype=torch.float64)
             fallback = torch.full_like(tokens, int(self.fallback_only))
             tried = torch.full_like(tokens, self.rsd.trials if self.fallback_only else 0)
         else:
-            alpha = self.rsd.rule(score, proposal)
-            u = uniforms_for(generators, 2 * self.rsd.trials + 1).to(s_dist.device)
-            tokens, fallback, tried = rsd_sample(proposal, alpha, s_dist, self.rsd.trials, u)
-            proposal_p = proposal.gather(-1, tokens[:, None]).squeeze(-1)
-        return _emitted(tokens, proposal_p, score.gather(-1, tokens[:, None]).squeeze(-1), fallback, tried)
+            proposal = proposal_support(t_logits, self.sampling, self.alignment)  # T: [B, Kt]
+            alpha = self.rsd.rule.on_support(proposal, scores)  # [B, Kt]
+            u = uniforms_for(generators, 2 * self.rsd.trials + 1).to(s_logits.device)
+            tokens, fallback, tried = rsd_sample(
+                proposal.probs, alpha, student.probs, self.rsd.trials, u, proposal.ids, student.ids
+            )
+            proposal_p = proposal.at(tokens[:, None]).squeeze(-1)
+        return _emitted(tokens, proposal_p, scores.at(tokens[:, None]).squeeze(-1), fallback, tried)
 
     def _proposal(self, t_logits: torch.Tensor) -> torch.Tensor:
         return proposal_probs(t_logits, self.sampling, self.alignment)

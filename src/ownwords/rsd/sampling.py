@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -145,6 +146,28 @@ class AcceptanceRule:
             alpha = alpha * _in_top_k(score, self.top_k)
         return alpha
 
+    def on_support(self, proposal: Support, scores) -> torch.Tensor:
+        """alpha [B, K] at the proposal's support tokens: ``__call__`` on the dense tensors, read there.
+        scores: the student's acceptance score (:class:`RawScores` or S as a :class:`Support`)."""
+        score, t = scores.at(proposal.ids), proposal.probs
+        if self.name == "threshold":
+            alpha = (score >= self.value).float()
+        elif self.name == "ratio":
+            alpha = torch.where(t > 0, (score / t.clamp_min(1e-30)).clamp(max=1.0), 0.0)
+        elif self.name == "rank":
+            alpha = _member(proposal.ids, *scores.top(int(self.value)))
+        elif self.name == "nucleus":
+            alpha = _member(proposal.ids, *scores.nucleus(self.value))
+        else:  # percentile: tokens by score, lowest first, ties in id order as the dense argsort has them
+            by_id = proposal.ids.argsort(dim=-1, stable=True)
+            order = by_id.gather(-1, score.gather(-1, by_id).argsort(dim=-1, stable=True))  # [B, K]
+            sorted_mass = t.gather(-1, order)
+            inside = (sorted_mass.cumsum(-1) - sorted_mass) >= self.value - 1e-7
+            alpha = torch.zeros_like(t).scatter_(-1, order, inside.float())
+        if self.top_k:
+            alpha = alpha * _member(proposal.ids, *scores.top(self.top_k))
+        return alpha
+
     def _threshold(self, score, proposal):
         return (score >= self.value).float()
 
@@ -171,9 +194,9 @@ class AcceptanceRule:
 
 
 def _in_top_k(score: torch.Tensor, k: int) -> torch.Tensor:
-    """1.0 where the token is among the k highest scores of its row, else 0.0; [B, V]."""
-    k = min(k, score.shape[-1])
-    return torch.zeros_like(score, dtype=torch.float32).scatter_(-1, score.topk(k, dim=-1).indices, 1.0)
+    """1.0 where the token is among the k highest scores of its row (and scores above 0), else 0.0; [B, V]."""
+    top = score.topk(min(k, score.shape[-1]), dim=-1)
+    return torch.zeros_like(score, dtype=torch.float32).scatter_(-1, top.indices, (top.values > 0).float())
 
 
 def rsd_probs(
@@ -190,23 +213,35 @@ def rsd_probs(
 
 
 def rsd_sample(
-    proposal: torch.Tensor, alpha: torch.Tensor, student: torch.Tensor, trials: int, uniforms: torch.Tensor
+    proposal: torch.Tensor,
+    alpha: torch.Tensor,
+    student: torch.Tensor,
+    trials: int,
+    uniforms: torch.Tensor,
+    proposal_ids: torch.Tensor | None = None,
+    student_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The trial procedure. uniforms [B, 2 * trials + 1] (float64): per trial one for the proposal and
     one for the acceptance coin, and the last one for the fallback draw (always consumed, so a row's
-    random stream never depends on what happened).
+    random stream never depends on what happened). proposal / alpha [B, Kt] and student [B, Ks] are
+    dense over the vocabulary, or on supports whose token ids are ``proposal_ids`` / ``student_ids``.
 
     Returns tokens [B] (long), fallback [B] (bool), tried [B] (long, trials used).
     """
-    candidates = sample_from(proposal, uniforms[:, :trials])  # [B, N]
+    candidates = sample_from(proposal, uniforms[:, :trials])  # [B, N], positions in proposal
     coins = uniforms[:, trials : 2 * trials]  # [B, N]
     accepted = coins < alpha.gather(-1, candidates).double()  # [B, N]
     # a candidate with T = 0 comes only from a row with no proposal at all (none of T's tokens shared)
     accepted &= proposal.gather(-1, candidates) > 0
     fallback = ~accepted.any(-1)  # [B]
     first = accepted.long().argmax(-1)  # [B]; first accepted trial (0 when none)
-    drawn = sample_from(student, uniforms[:, -1:]).squeeze(-1)  # [B]
-    tokens = torch.where(fallback, drawn, candidates.gather(-1, first[:, None]).squeeze(-1))
+    drawn = sample_from(student, uniforms[:, -1:])  # [B, 1], a position in student
+    if student_ids is not None:
+        drawn = student_ids.gather(-1, drawn)
+    chosen = candidates.gather(-1, first[:, None])  # [B, 1]
+    if proposal_ids is not None:
+        chosen = proposal_ids.gather(-1, chosen)
+    tokens = torch.where(fallback, drawn.squeeze(-1), chosen.squeeze(-1))
     tried = torch.where(fallback, torch.full_like(first, trials), first + 1)
     return tokens, fallback, tried
 
@@ -264,3 +299,162 @@ def rsd_explain(
     k = torch.floor(scaled / torch.log(miss_each).clamp(max=-1e-300)) + 1
     tried = torch.where(fallback, float(trials), k.nan_to_num(1.0).clamp(1, trials)).long()
     return fallback, tried
+
+
+# -- The same step on each row's support ---------------------------------------------------------
+# At a real vocabulary (~150k tokens) each pass over [B, V] costs as much as the rest of the step,
+# yet after top-k / top-p a distribution lives on a few dozen tokens. Here S and T are kept as
+# (probs [B, K], ids [B, K]); the full vocabulary is touched only by a top-k and one normaliser.
+
+
+class Support(NamedTuple):
+    """A distribution on each row's support: probs [B, K] (float32, zero-padded) and token ids [B, K].
+    Scattered onto [B, V] (``dense``) it is the distribution ``probs_from_logits`` gives."""
+
+    probs: torch.Tensor
+    ids: torch.Tensor
+
+    def dense(self, vocab: int) -> torch.Tensor:
+        return self.probs.new_zeros(len(self.probs), vocab).scatter_add_(-1, self.ids, self.probs)
+
+    def at(self, query: torch.Tensor) -> torch.Tensor:
+        """The probability of tokens query [B, n] -> [B, n] (0 off the support)."""
+        return _lookup(self.ids, self.probs, self.probs > 0, query)
+
+    def sample(self, uniforms: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, n] for uniforms [B, n] (inverse CDF over the support, as ``sample_from``)."""
+        return self.ids.gather(-1, sample_from(self.probs, uniforms))
+
+    # As the acceptance score ("processed": a = S): its top-k and its nucleus, as (ids, valid) [B, k].
+    def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        values, pos = self.probs.topk(min(k, self.probs.shape[-1]), dim=-1)
+        return self.ids.gather(-1, pos), values > 0
+
+    def nucleus(self, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+        values, pos = self.probs.sort(-1, descending=True)
+        return self.ids.gather(-1, pos), (values > 0) & (values.cumsum(-1) - values < mass)
+
+
+class RawScores:
+    """The acceptance score "raw": the student's softmax at temperature 1, a(x) = exp(l_x - logsumexp l),
+    read at the tokens asked for; logits [B, V] are never normalised as a whole."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits.float()
+        top = self.logits.amax(-1, keepdim=True)  # [B, 1]
+        self.log_total = top + (self.logits - top).exp_().sum(-1, keepdim=True).log_()
+
+    def at(self, query: torch.Tensor) -> torch.Tensor:
+        return (self.logits.gather(-1, query) - self.log_total).exp()
+
+    def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        values, ids = self.logits.topk(min(k, self.logits.shape[-1]), dim=-1)
+        return ids, values > -math.inf
+
+    def nucleus(self, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+        inside = support_from_logits(self.logits, top_p=mass)
+        return inside.ids, inside.probs > 0
+
+
+def support_from_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, logprobs: str = "none"
+) -> Support:
+    """``probs_from_logits`` on each row's support (same arguments, same distribution).
+
+    A row's support, and so its draws, depend only on that row: the top-k widens per row (64, 256,
+    ...) until it holds the whole nucleus, and ties at a top-k boundary are all kept, as the dense
+    filter keeps them. Without any filter the support is the whole vocabulary.
+    """
+    logits = logits.float()
+    batch, vocab = logits.shape
+    if logprobs == "raw":
+        if not 0 < top_k < vocab:
+            return _whole(logits.softmax(-1))
+        values, ids, kept = _top_k_ties(logits, top_k)
+        return Support(values.masked_fill(~kept, -math.inf).softmax(-1), ids)
+    if temperature == 0:
+        return Support(logits.new_ones(batch, 1), logits.argmax(-1, keepdim=True))
+    if logprobs == "none" and 0 < top_k < vocab:  # the top-k first: the softmax spans it alone
+        values, ids, kept = _top_k_ties(logits, top_k)
+        return _nucleus((values / temperature).masked_fill(~kept, -math.inf).softmax(-1), ids, top_p)
+    if top_p >= 1.0:
+        probs = (logits / temperature).softmax(-1)
+        if logprobs == "processed" and 0 < top_k < vocab:
+            values, ids, kept = _top_k_ties(probs, top_k)
+            return _nucleus(values.masked_fill(~kept, 0.0), ids, 1.0)
+        return _whole(probs)
+    # The nucleus of the whole softmax: its normaliser once, then a top-k wide enough to hold it.
+    top = logits.amax(-1, keepdim=True)  # [B, 1]
+    total = (logits - top).div_(temperature).exp_().sum(-1, keepdim=True)  # [B, 1]
+
+    def prob(values, rows):
+        return ((values - top[rows]) / temperature).exp() / total[rows]
+
+    def holds_nucleus(values, rows):
+        p = prob(values, rows)
+        return (p.cumsum(-1) - p)[:, -1] >= top_p
+
+    values, ids = _grown_top(logits, 64, holds_nucleus)
+    support = _nucleus(prob(values, slice(None)), ids, top_p)
+    if logprobs == "processed" and 0 < top_k < support.probs.shape[-1]:  # the top-k of the nucleus
+        kth = support.probs[:, top_k - 1 : top_k]
+        support = _nucleus(support.probs.masked_fill(support.probs < kth, 0.0), ids, 1.0)
+    return support
+
+
+def _whole(probs: torch.Tensor) -> Support:
+    batch, vocab = probs.shape
+    return Support(probs, torch.arange(vocab, device=probs.device).expand(batch, vocab))
+
+
+def _nucleus(probs: torch.Tensor, ids: torch.Tensor, top_p: float) -> Support:
+    """probs [B, K] sorted descending -> the smallest prefix whose mass reaches top_p, renormalised."""
+    if top_p < 1.0:
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+    return Support(probs / probs.sum(-1, keepdim=True), ids)
+
+
+def _top_k_ties(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's k largest and every value tied with the k-th: values, ids, kept [B, K] (K >= k)."""
+
+    def past_ties(values, rows):  # the last value fetched is below the k-th (or the k-th is -inf)
+        kth = values[:, k - 1]
+        return (values[:, -1] < kth) | (kth == -math.inf)
+
+    values, ids = _grown_top(x, k + 1, past_ties)
+    return values, ids, values >= values[:, k - 1 : k]
+
+
+def _grown_top(x: torch.Tensor, k: int, enough) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's top-k (descending) for the smallest k in k0, 4 k0, ... (at least 64) where
+    ``enough(values, rows)`` holds, or the whole row; padded with -inf to the widest -> values, ids."""
+    batch, vocab = x.shape
+    k, rows, found = min(max(k, 64), vocab), torch.arange(batch, device=x.device), []
+    while True:
+        values, ids = (x if len(found) == 0 else x[rows]).topk(k, dim=-1)
+        done = enough(values, rows) if k < vocab else torch.ones(len(rows), dtype=torch.bool, device=x.device)
+        found.append((rows[done], values[done], ids[done]))
+        if bool(done.all()):
+            break
+        rows, k = rows[~done], min(4 * k, vocab)
+    values, ids = x.new_full((batch, k), -math.inf), torch.zeros(batch, k, dtype=torch.long, device=x.device)
+    for r, v, i in found:
+        values[r, : v.shape[1]], ids[r, : i.shape[1]] = v, i
+    width = max(v.shape[1] for r, v, _ in found if len(r))
+    return values[:, :width], ids[:, :width]
+
+
+def _lookup(
+    ids: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, query: torch.Tensor
+) -> torch.Tensor:
+    """values [B, K] at the entries of ids [B, K] matching query [B, n] -> [B, n] (0 where none; an
+    entry not ``valid`` never matches). Sort and binary search: K and n may both be thousands."""
+    keys, order = torch.where(valid, ids, -1).sort(-1)
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.shape[-1] - 1)
+    hit = keys.gather(-1, pos) == query
+    return torch.where(hit, values.gather(-1, order.gather(-1, pos)), 0.0)
+
+
+def _member(query: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """1.0 where query [B, n] is among the valid ids [B, k], else 0.0."""
+    return _lookup(ids, valid.float(), valid, query)

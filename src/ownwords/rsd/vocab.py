@@ -35,6 +35,12 @@ class VocabAlignment:
         unshared = torch.ones(self.student_size, dtype=torch.bool)  # [Vs] True: no teacher column
         unshared[self.student_ids] = False
         self._gather = {torch.device("cpu"): (columns, unshared)}  # a copy per device logits come from
+        # Shared tokens are ids 0..K-1 on both sides (a vocabulary and its extension, as Qwen2.5 and
+        # Qwen3): the first K teacher columns are then the student's, and no gather is needed.
+        k = len(self._to_teacher)
+        self.shared_prefix = k if all(s == t < k for s, t in self._to_teacher.items()) else 0
+        self._to_student = torch.full((self.teacher_size,), -1, dtype=torch.long)  # [Vt]; -1: teacher-only
+        self._to_student[self.teacher_ids] = self.student_ids
 
     @property
     def shared(self) -> int:
@@ -58,6 +64,16 @@ class VocabAlignment:
             moved = probs.index_select(-1, columns).masked_fill_(unshared, 0.0)
         total = moved.sum(-1, keepdim=True)
         return torch.where(total > 0, moved / total.clamp_min(1e-30), 0.0)
+
+    def teacher_support_to_student(
+        self, probs: torch.Tensor, ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``teacher_probs_to_student`` for a distribution kept on its support: probs, teacher ids
+        [B, K] -> probs renormalised over the shared tokens, student ids [B, K]."""
+        student_ids = self._to_student.to(ids.device)[ids]
+        moved = probs.masked_fill(student_ids < 0, 0.0)
+        total = moved.sum(-1, keepdim=True)
+        return torch.where(total > 0, moved / total.clamp_min(1e-30), 0.0), student_ids.clamp_(min=0)
 
     def _gather_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._gather:
