@@ -14,8 +14,8 @@ put most of the vocabulary in every top-p nucleus); the median nucleus size is p
 At batch 16 and 64, with 512-token prompts, temperature 0.7, top-p 0.95, threshold 0.01:
 (a) the engine's decode steps (plain RSD, one token per row per step), and the time of its RSD math
     (``Engine._step``: S, T, alpha, the draws, the records) inside them;
-(b) the bare decode steps: one student and one teacher forward over the same batch and context, with
-    nothing else.
+(b) the bare decode steps: one student and one teacher forward over the same batch and context,
+    through the engine's own KV-cache layer (the same calls, masks and positions), with nothing else.
 Per-step medians; the last line prints `real_vocab_overhead_bB=(a)/(b)-1` and `math_share_b64`.
 Needs ../shared/data/tokenizers and tiktoken (the dev install).
 """
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the realism tests' builders
 from realvocab import WIDTH, qwen_tokenizer  # noqa: E402
@@ -97,21 +97,19 @@ def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float],
     return step.seconds, math_.seconds
 
 
-@torch.no_grad()
-def bare_steps(student, teacher, prompts: list[list[int]], teacher_prompts: list[list[int]], steps: int):
-    """Seconds of each lock-step pair of forwards (student, teacher) after a prefill of the prompts."""
-    states = []
-    for lm, ids in ((student, prompts), (teacher, teacher_prompts)):
-        x, cache = torch.tensor(ids), DynamicCache(config=lm.config)
-        lm(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cache, logits_to_keep=1)
-        states.append([lm, cache, x[:, -1:], torch.ones_like(x)])
+@torch.inference_mode()  # as the engine's steps run
+def bare_steps(engine: Engine, prompts: list[list[int]], steps: int) -> list[float]:
+    """Seconds of each lock-step pair of forwards (student, teacher) after a prefill of the prompts,
+    made through the engine's own KV-cache layer (same masks, positions and calls), nothing else."""
+    student, teacher = engine._caches()
+    teacher_prompts = [engine.alignment.to_teacher(p) for p in prompts]
+    student.append(prompts)
+    teacher.append(teacher_prompts)
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
-        for state in states:
-            lm, cache, token, mask = state
-            state[3] = mask = torch.cat([mask, torch.ones_like(token)], 1)
-            lm(input_ids=token, attention_mask=mask, past_key_values=cache).logits.float()
+        student.append([p[-1:] for p in prompts])
+        teacher.append([p[-1:] for p in teacher_prompts])
         seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -162,9 +160,7 @@ def main() -> None:
             batch_size=batch,
         )
         step, math_ = engine_steps(engine, prompts)
-        bare = bare_steps(
-            student, teacher, prompts, [alignment.to_teacher(p) for p in prompts], args.new_tokens - 1
-        )
+        bare = bare_steps(engine, prompts, args.new_tokens - 1)
         e, b, m = statistics.median(step), statistics.median(bare), statistics.median(math_)
         overhead[batch], share[batch] = e / b - 1, m / e
         print(

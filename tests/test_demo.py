@@ -4,7 +4,7 @@ import json
 import random
 
 from ownwords.data.verify import grade
-from ownwords.demo import DemoConfig, demo_report, problem, terse, verbose, write_split
+from ownwords.demo import SCALES, DemoConfig, demo_experiment, problem, terse, verbose, write_split
 
 
 def test_both_trace_styles_carry_the_right_boxed_answer():
@@ -30,34 +30,16 @@ def test_splits_are_fixed_by_seed(tmp_path):
     assert set(a[0]) == {"id", "question", "answer"} and a[0]["id"] == "a-0"
 
 
-def test_report_shows_mean_and_spread():
-    summary = dict(
-        scale={"test_questions": 10},
-        seeds=2,
-        accuracy={
-            "base": 0.5,
-            "sft-teacher-seed0": 0.2,
-            "sft-teacher-seed1": 0.4,
-            "sft-rsd-seed0": 0.6,
-            "sft-rsd-seed1": 0.6,
-        },
-        generation={  # a rerun: the teacher traces were all in the store already
-            "rsd": {"fallback_rate": 0.3, "tokens_per_second": 100.0, "new_samples": 4},
-            "teacher": {"fallback_rate": 0.3, "tokens_per_second": 0.0, "new_samples": 0},
-        },
-        selection={
-            r: {"samples_passed": 5, "samples": 8, "questions_covered": 3, "questions": 4}
-            for r in ("rsd", "teacher")
-        },
-        low_probability={"rsd": {"s": 0.0}, "teacher": {"s": 0.25}},
-        timings={"generate": 1.0},
-    )
-    report = demo_report(summary)
-    assert (
-        "| SFT on teacher traces | 30.0% ± 14.1 |" in report
-        and "| SFT on RSD traces | 60.0% ± 0.0 |" in report
-    )
-    assert "| teacher | 5 / 8 | 3 / 4 | 0.300 | reused | 25.00% |" in report
-    assert "| rsd | 5 / 8 | 3 / 4 | 0.300 | 100 | 0.00% |" in report
-    assert "(accuracy.png)" in report and "(analysis/traces.html)" in report
-    assert DemoConfig(quick=True).seeds == 1
+def test_the_demo_is_the_experiment_of_its_recipe_with_four_rows(tmp_path):
+    """recipes/demo.yaml pointed at OUT: base, teacher, RSD and self; --quick: one seed, fewer steps."""
+    from ownwords.experiment.plan import plan
+
+    config = DemoConfig(out=str(tmp_path), quick=True)
+    experiment = demo_experiment(config, tmp_path, SCALES["quick"])
+    the_plan = plan(experiment)
+    assert {i["kind"] for i in the_plan.trace_sets.values()} == {"teacher", "rsd", "self"}
+    assert [k for k, i in the_plan.models.items() if i["arm"] is None] == ["student"]
+    assert experiment.seeds == 1 and experiment.teacher == str(tmp_path / "models" / "teacher")
+    assert the_plan.stage("train/rsd-seed0").config.max_steps == SCALES["quick"].sft_steps
+    assert the_plan.stage("eval/student").config.data == [str(tmp_path / "data" / "arithmetic_test.jsonl")]
+    assert DemoConfig(quick=False).seeds == 3

@@ -19,9 +19,10 @@ RANK = {
     "models": 4,
     "data": 5,
     "stages": 6,
-    "demo": 7,
-    "cli": 8,
-    "__init__": 8,
+    "experiment": 7,
+    "demo": 8,
+    "cli": 9,
+    "__init__": 9,
 }
 MODULES = sorted(p for p in SRC.rglob("*.py"))
 

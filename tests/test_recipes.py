@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from ownwords.config import parse
+from ownwords.experiment.plan import load_experiment, plan
 from ownwords.stages.analyze import AnalyzeConfig
 from ownwords.stages.evaluate import EvalConfig
 from ownwords.stages.export import ExportConfig
@@ -30,6 +31,8 @@ def test_recipe_says_its_command_and_loads(path):
     assert first.startswith("# ") and "ownwords" in first and path.name in first
     stage = path.name.split("_")[0]
     data = yaml.safe_load(path.read_text())
+    if stage in ("experiment", "demo.yaml"):
+        return check_experiment(path)
     if stage == "accelerate":
         assert data["distributed_type"] in ("FSDP", "DEEPSPEED") and data["num_processes"] >= 1
         return
@@ -43,6 +46,17 @@ def test_recipe_says_its_command_and_loads(path):
             ), key
 
 
+def check_experiment(path):
+    """An experiment recipe plans (every stage's config built and checked), GPU settings and all."""
+    config = load_experiment(path)
+    if "bf16" in config.sections.get("train", {}):  # bf16 training needs a GPU to construct here
+        config.sections["train"] = config.sections["train"] | {"bf16": False, "use_cpu": True}
+    the_plan = plan(config)
+    kinds = {info["kind"] for info in the_plan.trace_sets.values()}
+    assert {"rsd", "self"} <= kinds or path.name == "demo.yaml"
+    assert any(s.kind == "report" for s in the_plan.stages)
+
+
 def test_every_stage_has_a_recipe():
     names = {p.name.split("_")[0] for p in RECIPES}
-    assert set(STAGES) | {"accelerate"} <= names
+    assert set(STAGES) | {"accelerate", "experiment", "demo.yaml"} <= names

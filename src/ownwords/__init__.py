@@ -7,7 +7,8 @@ distillation loop around them. Every stage is a config dataclass and a function:
     select(SelectConfig(store="runs/s.sqlite", run="rsd"))
     export(ExportConfig(store="runs/s.sqlite", run="rsd", out="data/rsd.jsonl"))
 
-then `train(TrainConfig(...))`, `evaluate(EvalConfig(...))`, `analyze(AnalyzeConfig(...))`. Names are
+then `train(TrainConfig(...))`, `evaluate(EvalConfig(...))`, `analyze(AnalyzeConfig(...))`, or all of
+them at once: `experiment("recipes/demo.yaml")` (`load_experiment`, `plan` to inspect one). Names are
 imported on first use, so `import ownwords` stays light.
 """
 
@@ -26,6 +27,8 @@ _API = {
     **dict.fromkeys(("train", "TrainConfig"), "ownwords.stages.train"),
     **dict.fromkeys(("evaluate", "EvalConfig"), "ownwords.stages.evaluate"),
     **dict.fromkeys(("analyze", "AnalyzeConfig"), "ownwords.stages.analyze"),
+    **dict.fromkeys(("experiment",), "ownwords.experiment.runner"),
+    **dict.fromkeys(("ExperimentConfig", "load_experiment", "plan"), "ownwords.experiment.plan"),
     **dict.fromkeys(("Engine", "Request", "Trace", "Emitted", "Sampling", "RSD"), "ownwords.decoding.engine"),
     **dict.fromkeys(("AcceptanceRule", "rsd_probs"), "ownwords.rsd.sampling"),
     **dict.fromkeys(("load_model", "load_pair"), "ownwords.models.loading"),

@@ -19,12 +19,13 @@ commands:
   train      fine-tune the student on exported traces (TRL SFTTrainer, s1 recipe defaults)
   analyze    score traces under students: low-probability tokens, plots, cross-model matrix, HTML view
   eval       reasoning benchmarks (AIME24/25, MATH500, GPQA-Diamond, GSM8K, AMC23): pass@1, pass@k, maj@n
+  experiment one YAML: arms (teacher / rsd / self, sweeps, rounds, several students) through every stage, cached; one report
   demo       the whole loop on tiny models trained here: RSD vs teacher traces, SFT, eval, analysis (minutes, CPU)
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
 
 --debug shows the full traceback of an error; --version prints the version.
 """
-RESUMABLE = {"generate", "eval", "demo"}
+RESUMABLE = {"generate", "eval", "demo", "experiment"}
 
 
 def _generate(argv: list[str]) -> None:
@@ -87,7 +88,29 @@ def _demo(argv: list[str]) -> None:
 
     config = parse(DemoConfig, argv, prog="ownwords demo")
     run_demo(config)
-    print((Path(config.out) / "report.md").read_text())
+    print((Path(config.out) / "experiment" / "report.md").read_text())
+
+
+def _experiment(argv: list[str]) -> None:
+    from .experiment.plan import load_experiment
+    from .experiment.runner import experiment
+
+    parser = argparse.ArgumentParser(
+        prog="ownwords experiment",
+        description="Run an experiment YAML (see recipes/experiment_paper.yaml). Re-running it skips every "
+        "stage whose config and inputs are unchanged, and resumes a killed run.",
+    )
+    parser.add_argument("config", help="the experiment's YAML file")
+    parser.add_argument("--out", help="experiment folder (overrides the YAML's `out`)")
+    args = parser.parse_args(argv)
+    config = load_experiment(args.config)
+    if args.out:
+        config.out = args.out
+    summary = experiment(config)
+    ran = [s["stage"] for s in summary["this_run"] if s["status"] == "ran"]
+    print(
+        f"{len(ran)} stage(s) ran, {len(summary['this_run']) - len(ran)} up to date; report in {config.out}/report.md"
+    )
 
 
 def _tiny(argv: list[str]) -> None:
@@ -113,6 +136,7 @@ COMMANDS = {
     "train": _train,
     "eval": _eval,
     "analyze": _analyze,
+    "experiment": _experiment,
     "demo": _demo,
     "tiny": _tiny,
 }

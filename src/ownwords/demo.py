@@ -2,11 +2,11 @@
 
 A synthetic reasoning task (a + b - c, answer boxed) and two tiny models trained here on CPU: a
 bigger teacher that reasons in a verbose, varied style (paraphrases, "wait, let me verify", filler)
-and a much smaller student first trained on a terse style of its own. Then the real pipeline,
-through the same library functions the CLI uses: RSD traces and teacher-only traces -> select ->
-export -> SFT of two copies of the student with the same budget -> eval of base / SFT-on-teacher /
-SFT-on-RSD on held-out questions -> analyze both trace sets under the student -> report.md.
-Whether the paper's effect shows at this scale is reported as measured.
+and a much smaller student first trained on a terse style of its own -- a student that knows the
+task's language but is weaker at it, and a teacher whose traces hold tokens the student finds
+unlikely. Then `ownwords experiment` on recipes/demo.yaml: teacher, RSD and self (the student's own
+correct traces) trace sets -> select -> export -> SFT (x seeds) -> eval against the base student ->
+analyze -> OUT/experiment/report.md. Whatever the result at this scale, it is reported as measured.
 """
 
 from __future__ import annotations
@@ -16,20 +16,15 @@ import logging
 import os
 import random
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import MissingInput, UserError
+from .experiment.plan import ExperimentConfig, load_experiment
+from .experiment.runner import experiment
 from .models.loading import set_cpu_threads
 from .models.tiny import TinySpec, build_model, fit_lm, train_tokenizer
-from .stages.analyze import AnalyzeConfig, analyze
-from .stages.evaluate import EvalConfig, evaluate, temperature_key
-from .stages.export import ExportConfig, export
-from .stages.generate import GenerateConfig, generate
-from .stages.select import SelectConfig, select
-from .stages.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -211,24 +206,37 @@ def tiny_pair(cache: Path, scale: Scale, fresh: bool) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-# -- the loop -----------------------------------------------------------------------------------
+# -- the loop ---------------------------------------------------------------------------------
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "demo.yaml"
 
 
-class _Timer:
-    """Wall time per stage, summed over its calls."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str, fn, *args):
-        start = time.perf_counter()
-        result = fn(*args)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-        return result
+def demo_experiment(config: DemoConfig, out: Path, scale: Scale) -> ExperimentConfig:
+    """recipes/demo.yaml, pointed at OUT's models and data; --quick: one seed, fewer SFT steps."""
+    if not RECIPE.is_file():
+        raise MissingInput(
+            f"the demo's recipe {str(RECIPE)!r} is missing; run the demo from a clone of ownwords"
+        )
+    experiment = load_experiment(RECIPE)
+    experiment.out = str(out / "experiment")
+    experiment.teacher, experiment.students = (
+        str(out / "models" / "teacher"),
+        [str(out / "models" / "student")],
+    )
+    experiment.questions = str(out / "data" / "arithmetic_train.jsonl")
+    experiment.seeds = config.seeds
+    experiment.sections["eval"]["data"] = [str(out / "data" / "arithmetic_test.jsonl")]
+    experiment.sections["train"]["max_steps"] = scale.sft_steps
+    experiment.sections["generate"]["samples"] = scale.samples
+    for section in ("generate", "eval"):
+        experiment.sections[section]["threads"] = config.threads
+    experiment.sections["train"]["threads"] = config.threads
+    return experiment
 
 
 def run_demo(config: DemoConfig) -> dict:
-    """The whole loop on the synthetic task; writes OUT/report.md and OUT/demo.json."""
+    """Train (or reuse) the tiny pair, write the task's splits, run the demo experiment; the report is
+    OUT/experiment/report.md."""
     scale = SCALES["quick" if config.quick else "full"]
     out = Path(config.out)
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -236,206 +244,16 @@ def run_demo(config: DemoConfig) -> dict:
         config.cache_dir
         or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
     )
-    timer = _Timer()
     set_cpu_threads(config.threads)
-    cached = timer("models", tiny_pair, cache, scale, config.fresh)
+    start = time.perf_counter()
+    cached = tiny_pair(cache, scale, config.fresh)
+    models_seconds = time.perf_counter() - start
     # Published under OUT/models by their role (copies keep modification times, so the evaluation's
     # weight fingerprint changes only when the models were retrained): every stage can be tried on them.
-    teacher, student = (out / "models" / role for role in ("teacher", "student"))
-    for source, target in zip(cached, (teacher, student), strict=True):
-        shutil.copytree(source, target, dirs_exist_ok=True)
+    for source, role in zip(cached, ("teacher", "student"), strict=True):
+        shutil.copytree(source, out / "models" / role, dirs_exist_ok=True)
     write_split(out / "data" / "arithmetic_train.jsonl", scale.train_questions, seed=1)
     write_split(out / "data" / "arithmetic_test.jsonl", scale.test_questions, seed=2)
-    summaries, selections, datasets = {}, {}, {}
-    for run, threshold in (("rsd", 0.01), ("teacher", 0.0)):
-        summaries[run], selections[run], datasets[run] = _trace_set(
-            out, teacher, student, scale, run, threshold, timer
-        )
-    models = {"base": str(student)}
-    for seed in range(config.seeds):
-        for run in ("teacher", "rsd"):
-            models[f"sft-{run}-seed{seed}"] = _finetune(out, student, datasets[run], scale, run, seed, timer)
-    accuracy = _accuracy(out, models, scale, timer)
-    analysis = timer(
-        "analyze",
-        analyze,
-        AnalyzeConfig(students=[str(student)], store=str(out / "traces.sqlite"), out=str(out / "analysis")),
-    )
-    summary = dict(
-        scale=scale.__dict__ | {"teacher": scale.teacher.__dict__, "student": scale.student.__dict__},
-        seeds=config.seeds,
-        accuracy=accuracy,
-        generation=summaries,
-        selection=selections,
-        low_probability=analysis["matrix"],
-        timings=timer.seconds,
-    )
-    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    _accuracy_plot(accuracy, config.seeds, out / "accuracy.png")
-    (out / "report.md").write_text(
-        demo_report(summary, sorted(p.relative_to(out) for p in out.glob("models/sft-*/loss.png")))
-    )
-    return summary
-
-
-def _trace_set(out: Path, teacher: Path, student: Path, scale: Scale, run: str, threshold: float, timer):
-    """Generate, select and export one trace set; returns (generation summary, selection report, dataset)."""
-    store = str(out / "traces.sqlite")
-    gen = GenerateConfig(
-        teacher=str(teacher),
-        student=str(student),
-        questions=str(out / "data" / "arithmetic_train.jsonl"),
-        samples=scale.samples,
-        threshold=threshold,
-        max_new_tokens=96,
-        temperature=0.7,
-        top_p=0.95,
-        batch_size=32,
-        system_prompt="",
-        generation_prefix="<think>\n",
-        store=store,
-        run=run,
-        progress=False,
-    )
-    summary = timer("generate", generate, gen)
-    selection = timer("select", select, SelectConfig(store=store, run=run))
-    dataset = out / "data" / f"sft_{run}.jsonl"
-    timer("export", export, ExportConfig(store=store, run=run, out=str(dataset), overwrite=True))
-    return summary, selection, dataset
-
-
-def _finetune(out: Path, student: Path, dataset: Path, scale: Scale, run: str, seed: int, timer) -> str:
-    target = out / "models" / f"sft-{run}-seed{seed}"
-    cfg = TrainConfig(
-        model=str(student),
-        dataset=str(dataset),
-        output_dir=str(target),
-        max_steps=scale.sft_steps,
-        learning_rate=3e-4,
-        effective_batch_size=8,
-        seed=seed,
-        use_cpu=True,
-        max_length=256,
-        disable_tqdm=False,
-        save_only_model=True,
-    )
-    timer("train", train, cfg)
-    return str(target)
-
-
-def _accuracy(out: Path, models: dict[str, str], scale: Scale, timer) -> dict[str, float]:
-    """Greedy pass@1 of every model on the held-out questions."""
-    ev = EvalConfig(
-        models=list(models.values()),
-        benchmarks=["arithmetic"],
-        data=[str(out / "data" / "arithmetic_test.jsonl")],
-        temperatures=["0"],
-        max_new_tokens=96,
-        instruction=False,
-        generation_prefix="<think>\n",
-        batch_size=40,
-        out=str(out / "eval"),
-        progress=False,
-    )
-    results = timer("eval", evaluate, ev)
-    greedy = temperature_key(0)
-    return {
-        name: results[path]["arithmetic"]["temperatures"][greedy]["pass@1"] for name, path in models.items()
-    }
-
-
-def _arm(accuracy: dict, arm: str) -> tuple[float, float]:
-    values = [v for k, v in accuracy.items() if k.startswith(f"sft-{arm}-")]
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _speed(generation: dict) -> str:
-    """tokens/s of this call's generation; a rerun that found every trace in the store made none."""
-    return f"{generation['tokens_per_second']:.0f}" if generation.get("new_samples") else "reused"
-
-
-ARMS = (("base", "base student"), ("teacher", "SFT on teacher traces"), ("rsd", "SFT on RSD traces"))
-
-
-def _accuracy_plot(accuracy: dict, seeds: int, path: Path) -> None:
-    """One bar per arm: mean accuracy over SFT seeds, ± standard deviation, each seed a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for x, (arm, _) in enumerate(ARMS):
-        values = (
-            [100 * accuracy["base"]]
-            if arm == "base"
-            else [100 * v for k, v in accuracy.items() if k.startswith(f"sft-{arm}-")]
-        )
-        mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-        ax.bar(x, mean, 0.6, yerr=sd, capsize=4, color=("#9e9e9e", "#d9534f", "#337ab7")[x])
-        ax.plot([x] * len(values), values, "k.", alpha=0.6)
-        ax.text(x, mean + sd + 1, f"{mean:.1f}%", ha="center", fontsize=9)
-    ax.set_xticks(range(len(ARMS)), [label.replace(" on ", "\non ") for _, label in ARMS])
-    ax.set(
-        ylabel="accuracy on held-out questions (%)",
-        title=f"ownwords demo: greedy accuracy, {seeds} SFT seed(s)",
-    )
-    ax.set_ylim(0, max(100 * max(accuracy.values()) + 10, 10))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def demo_report(summary: dict, loss_plots: list[Path] = ()) -> str:
-    acc = summary["accuracy"]
-    th = {run: s for run, s in summary["generation"].items()}
-    rows = [
-        ("base student", acc["base"], 0.0),
-        ("SFT on teacher traces", *_arm(acc, "teacher")),
-        ("SFT on RSD traces", *_arm(acc, "rsd")),
-    ]
-    lines = [
-        "# ownwords demo",
-        "",
-        "A tiny verbose teacher, a tiny terse student, a synthetic task (a + b - c). RSD traces vs teacher-only",
-        "traces, each used to fine-tune the same student with the same budget; accuracy on held-out questions",
-        f"(greedy, {summary['scale']['test_questions']} questions; mean ± standard deviation over {summary['seeds']} seed(s)).",
-        "",
-        "| student | accuracy |",
-        "|---|---|",
-        *[f"| {name} | {100 * mean:.1f}% ± {100 * sd:.1f} |" for name, mean, sd in rows],
-        "",
-        "## The traces",
-        "",
-        "| trace set | correct / generated | questions covered | fallback rate | tokens/s | tokens under p_th for the student |",
-        "|---|---|---|---|---|---|",
-    ]
-    for run in ("rsd", "teacher"):
-        low = next(iter(summary["low_probability"][run].values()))
-        sel = summary["selection"][run]
-        lines.append(
-            f"| {run} | {sel['samples_passed']} / {sel['samples']} | {sel['questions_covered']} / {sel['questions']} | "
-            f"{th[run]['fallback_rate']:.3f} | "
-            f"{_speed(th[run])} | {100 * low:.2f}% |"
-        )
-    lines += [
-        "",
-        "## Wall time per stage",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in summary["timings"].items()],
-        "",
-        "## Plots",
-        "",
-        "![accuracy per arm](accuracy.png)",
-        "",
-        "* [accuracy per arm](accuracy.png), [evaluation per model](eval/comparison.png)",
-        "* [low-probability tokens, trace sets x students](analysis/matrix.png), "
-        "[token probability histogram](analysis/histogram.png), [where the unlikely tokens are](analysis/position.png)",
-        "* training loss: " + ", ".join(f"[{p.parent.name}]({p})" for p in loss_plots),
-        "* the traces token by token: [analysis/traces.html](analysis/traces.html); analysis report: "
-        "[analysis/report.md](analysis/report.md); evaluation records in `eval/`",
-        "",
-    ]
-    return "\n".join(lines)
+    summary = experiment(demo_experiment(config, out, scale))
+    logger.info("demo: tiny models %.1f s", models_seconds)
+    return summary | {"models_seconds": models_seconds}

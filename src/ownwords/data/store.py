@@ -217,6 +217,13 @@ class TraceStore:
             )
         return True
 
+    def drop_run(self, run: str) -> None:
+        """Delete a run, its samples and its selection, in one transaction (the caller holds its lock)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            for table in TABLES:
+                self.db.execute(f"DELETE FROM {table} WHERE run = ?", (run,))  # noqa: S608 (fixed names)
+
     def require_run(self, run: str) -> dict:
         """The run's config; a clear error naming the runs there are when it does not exist."""
         runs = self.runs()

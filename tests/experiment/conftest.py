@@ -1,0 +1,28 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory):
+    """The demo's tiny teacher and student, trained (about 2 minutes on 2 cores) or taken from the
+    demo's model cache: random models write no well-formed answers, so nothing would pass select."""
+    from ownwords.demo import SCALES, tiny_pair
+
+    return tiny_pair(_cache(), SCALES["quick"], fresh=False)
+
+
+def _cache():
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
+
+
+@pytest.fixture(scope="session")
+def task(tmp_path_factory):
+    """A few train and test questions of the demo's task."""
+    from ownwords.demo import write_split
+
+    folder = tmp_path_factory.mktemp("task")
+    write_split(folder / "train.jsonl", 12, seed=1)
+    write_split(folder / "test.jsonl", 12, seed=2)
+    return folder
