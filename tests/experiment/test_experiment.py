@@ -1,5 +1,6 @@
 """`ownwords experiment`: arms through every stage, cached and resumable, one report."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -93,7 +94,23 @@ def test_a_rerun_does_nothing_and_an_eval_edit_reruns_only_eval_and_the_report(f
     after = experiment(str(edited))
     assert ran(after) and all(s.startswith("eval/") or s == "report" for s in ran(after)), ran(after)
     assert "report" in ran(after) and "generate/rsd" not in ran(after)
-    assert experiment(str(edited))["this_run"] and ran(experiment(str(edited))) == []
+    assert ran(experiment(str(edited))) == []
+    assert set(ran(experiment(path))) == set(ran(after))  # back as it was (the other tests compare to it)
+
+
+def test_an_edited_arm_regenerates_its_traces_and_leaves_the_other_arm(demo_models, task, tmp_path):
+    from ownwords.data.store import TraceStore
+
+    arms = [dict(name="teacher", kind="teacher"), dict(name="rsd", kind="rsd", threshold=0.01)]
+    path = experiment_yaml(tmp_path / "e.yaml", demo_models, task, tmp_path / "out", arms=arms)
+    experiment(path)
+    arms[1]["threshold"] = 0.05
+    path = experiment_yaml(tmp_path / "e.yaml", demo_models, task, tmp_path / "out", arms=arms)
+    again = ran(experiment(path))
+    assert "generate/rsd" in again and "train/rsd-seed0" in again and "eval/rsd-seed0" in again
+    assert not [s for s in again if s.endswith("/teacher") or "teacher-seed0" in s], again
+    with TraceStore(tmp_path / "out" / "traces.sqlite", create=False, write=False) as store:
+        assert store.runs()["rsd"]["threshold"] == 0.05 and store.summary("rsd")["samples"] == 12
 
 
 def test_a_killed_experiment_resumes_to_the_same_numbers(finished, demo_models, task, tmp_path):
@@ -197,3 +214,15 @@ def test_a_stage_digest_follows_its_input_files_and_not_operational_options(demo
     assert digest(stage, {}) != before
     stage.spec["temperature"] = 0.5
     assert digest(stage, {}) != before
+
+
+def test_a_run_left_by_a_killed_experiment_with_other_settings_is_replaced(demo_models, task, tmp_path):
+    """No stamp (killed mid-generation), then the arm was edited: the stale run is dropped, not refused."""
+    from ownwords.stages.generate import generate
+
+    path = experiment_yaml(tmp_path / "e.yaml", demo_models, task, tmp_path / "out",
+                           arms=[dict(name="rsd", kind="rsd", threshold=0.01)])  # fmt: skip
+    stale = plan(load_experiment(path)).stage("generate/rsd").config
+    (tmp_path / "out").mkdir()
+    generate(dataclasses.replace(stale, threshold=0.2, limit=2))
+    assert "generate/rsd" in ran(experiment(path))

@@ -102,8 +102,7 @@ def _export(stage: Stage, the_plan: Plan, results: dict, changed: bool) -> dict:
 
 
 def _train(stage: Stage, the_plan: Plan, results: dict, changed: bool) -> dict:
-    shutil.rmtree(stage.config.output_dir, ignore_errors=True)  # a stale or half-trained model
-    return train(stage.config)
+    return train(stage.config)  # a killed training starts again from its base model
 
 
 def _eval(stage: Stage, the_plan: Plan, results: dict, changed: bool) -> dict:
