@@ -49,9 +49,9 @@ QWEN25_05B_BODY = dict(
 
 
 def model(shape: dict, layers: int, tokenizer, spread: float, seed: int):
-    shape = dict(shape)
+    shape = {"tie_word_embeddings": True} | shape
     config = AutoConfig.for_model(
-        shape.pop("model_type"), num_hidden_layers=layers, tie_word_embeddings=True, max_position_embeddings=4096,
+        shape.pop("model_type"), num_hidden_layers=layers, max_position_embeddings=4096,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None, **shape,
     )  # fmt: skip
     torch.manual_seed(seed)
@@ -98,7 +98,7 @@ def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float],
 
 
 @torch.inference_mode()  # as the engine's steps run
-def bare_steps(engine: Engine, prompts: list[list[int]], steps: int) -> list[float]:
+def bare_steps(engine: Engine, prompts: list[list[int]], steps: int, sync=lambda: None) -> list[float]:
     """Seconds of each lock-step pair of forwards (student, teacher) after a prefill of the prompts,
     made through the engine's own KV-cache layer (same masks, positions and calls), nothing else."""
     student, teacher = engine._caches()
@@ -107,9 +107,11 @@ def bare_steps(engine: Engine, prompts: list[list[int]], steps: int) -> list[flo
     teacher.append(teacher_prompts)
     seconds = []
     for _ in range(steps):
+        sync()
         start = time.perf_counter()
         student.append([p[-1:] for p in prompts])
         teacher.append([p[-1:] for p in teacher_prompts])
+        sync()
         seconds.append(time.perf_counter() - start)
     return seconds
 
