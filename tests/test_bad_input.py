@@ -41,7 +41,13 @@ def ws(tiny_pair, tmp_path_factory):
     (root / "other" / "thesis.tex").write_text("\\documentclass{article}\n")
     (root / "bad.yaml").write_text("tresholds: 0.1\n")
     (root / "broken.yaml").write_text("teacher: [unclosed\n")
-    return dict(root=root, questions=questions, store=store, pair=tiny_pair)
+    (root / "experiment.yaml").write_text(
+        f"teacher: {tiny_pair[0]}\nstudents: [{tiny_pair[1]}]\nquestions: {questions}\narms: [{{kind: distill}}]\n"
+    )
+    return dict(
+        root=root, questions=questions, store=store, pair=tiny_pair, broken_yaml=root / "broken.yaml",
+        bad_yaml=root / "bad.yaml", experiment=root / "experiment.yaml",
+    )  # fmt: skip
 
 
 def gen(ws, *extra, store=None, questions=None):
@@ -353,6 +359,20 @@ CASES = {
             "0",
         ],
         ["threshold", "(0, 1]"],
+    ),
+    # experiment
+    "experiment: missing file": (
+        lambda w: ["experiment", str(w["root"] / "nope.yaml")],
+        ["nope.yaml", "does not exist"],
+    ),
+    "experiment: not YAML": (
+        lambda w: ["experiment", str(w["broken_yaml"])],
+        ["broken.yaml", "not valid YAML"],
+    ),
+    "experiment: unknown key": (lambda w: ["experiment", str(w["bad_yaml"])], ["bad.yaml", "'tresholds'"]),
+    "experiment: unknown arm kind": (
+        lambda w: ["experiment", str(w["experiment"]), "--out", str(w["root"] / "exp")],
+        ["arm 1", "'distill'", "teacher"],
     ),
     # demo
     "demo: zero seeds": (

@@ -19,17 +19,23 @@ from .errors import MissingInput, UserError
 C = TypeVar("C")
 
 
-def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
-    """A YAML mapping whose keys must all be fields of `cls`."""
+def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is an empty one)."""
     path = Path(path)
     if not path.is_file():
-        raise MissingInput(f"config file {str(path)!r} does not exist")
+        raise MissingInput(f"{what} {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"config file {str(path)!r} is not valid YAML ({err})") from None
+        raise UserError(f"{what} {str(path)!r} is not valid YAML ({err})") from None
     if not isinstance(data, dict):
-        raise UserError(f"config file {str(path)!r}: expected a mapping of option: value")
+        raise UserError(f"{what} {str(path)!r}: expected a mapping of option: value")
+    return data
+
+
+def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """A YAML mapping whose keys must all be fields of `cls`."""
+    data = read_mapping(path)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

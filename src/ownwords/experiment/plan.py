@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..errors import MissingInput, UserError
+from ..config import read_mapping
+from ..errors import UserError
 from ..stages.analyze import AnalyzeConfig
 from ..stages.evaluate import EvalConfig
 from ..stages.export import ExportConfig
@@ -96,16 +95,8 @@ class Plan:
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
     """Read and check an experiment YAML (structure only; `plan` checks every stage's values)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInput(f"experiment config {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"experiment config {str(path)!r} is not valid YAML ({err})") from None
+    data = read_mapping(path, "experiment config")
     where = f"experiment config {str(path)!r}"
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: expected a mapping of key: value")
     if "student" in data:  # one student may be given as `student:`
         data["students"] = [data.pop("student"), *data.get("students", [])]
     top = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"sections"}
