@@ -11,12 +11,14 @@ makes the forward passes cheaper and so the overhead *larger* than at full depth
 scaled so the logits spread like a trained model's (a random model's are nearly flat, which would
 put most of the vocabulary in every top-p nucleus); the median nucleus size is printed.
 
-At batch 16 and 64, with 512-token prompts, temperature 0.7, top-p 0.95, threshold 0.01:
-(a) the engine's decode steps (plain RSD, one token per row per step), and the time of its RSD math
-    (``Engine._step``: S, T, alpha, the draws, the records) inside them;
-(b) the bare decode steps: one student and one teacher forward over the same batch and context,
-    through the engine's own KV-cache layer (the same calls, masks and positions), with nothing else.
-Per-step medians; the last line prints `real_vocab_overhead_bB=(a)/(b)-1` and `math_share_b64`.
+At batch 16 and 64, with 512-token prompts, temperature 0.7, top-p 0.95, threshold 0.01, the
+engine's decode steps (plain RSD, one token per row per step), split inside each step into
+(a) the bare forward passes (one student and one teacher call through the KV-cache layer) and
+(b) the RSD math (``Engine._step``: S, T, alpha, the draws, the records), the rest being book-keeping.
+overhead = step / its forwards - 1, per step (timed within the same step, so the machine's drift
+between two runs does not enter it); for reference, the same forwards run alone in a separate loop.
+Per-step medians; the last line prints `real_vocab_overhead_b16=… real_vocab_overhead_b64=…
+math_share_b64=…` (math share = RSD math / step).
 Needs ../shared/data/tokenizers and tiktoken (the dev install).
 """
 
@@ -34,6 +36,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the realism tests' builders
 from realvocab import WIDTH, qwen_tokenizer  # noqa: E402
 
+from ownwords.decoding.cache import CachedBatch  # noqa: E402
 from ownwords.decoding.engine import RSD, Engine, Request, Sampling  # noqa: E402
 from ownwords.rsd.sampling import AcceptanceRule, support_from_logits  # noqa: E402
 from ownwords.rsd.vocab import align_vocabularies  # noqa: E402
@@ -77,24 +80,31 @@ class Timed:
         return out
 
 
-def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float], list[float]]:
-    """Seconds of each decode step, and of the RSD math inside each."""
-    step, math_ = Timed(engine._plain), Timed(engine._step)
+def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float], list[float], list[float]]:
+    """Per decode step: its seconds, those of the RSD math inside it, and those of its forward passes
+    (the model calls through the KV-cache layer, timed inside the same step: no drift between runs)."""
+    step, math_, forward = Timed(engine._plain), Timed(engine._step), Timed(CachedBatch.append)
     engine._plain, engine._step = step, math_
-    math_.on = False  # the prefill's first token is not a decode step
-    original = step.fn
+    math_.on = forward.on = False  # the prefill's first token is not a decode step
+    original, per_step = step.fn, []
 
     def plain(*args):
-        math_.on = True
+        math_.on = forward.on = True
+        before = len(forward.seconds)
         try:
             return original(*args)
         finally:
-            math_.on = False
+            math_.on = forward.on = False
+            per_step.append(sum(forward.seconds[before:]))
 
     step.fn = plain
     engine.stop_ids = {-1}  # a fixed amount of work: rows stop at the length limit only
-    list(engine.run([Request("q", i, p, seed=i) for i, p in enumerate(prompts)]))
-    return step.seconds, math_.seconds
+    CachedBatch.append = lambda *a, **k: forward(*a, **k)
+    try:
+        list(engine.run([Request("q", i, p, seed=i) for i, p in enumerate(prompts)]))
+    finally:
+        CachedBatch.append = forward.fn
+    return step.seconds, math_.seconds, per_step
 
 
 @torch.inference_mode()  # as the engine's steps run
@@ -161,14 +171,16 @@ def main() -> None:
             max_new_tokens=args.new_tokens,
             batch_size=batch,
         )
-        step, math_ = engine_steps(engine, prompts)
+        step, math_, forwards = engine_steps(engine, prompts)
         bare = bare_steps(engine, prompts, args.new_tokens - 1)
         e, b, m = statistics.median(step), statistics.median(bare), statistics.median(math_)
-        overhead[batch], share[batch] = e / b - 1, m / e
+        overhead[batch] = statistics.median(s / f - 1 for s, f in zip(step, forwards, strict=True))
+        share[batch] = m / e
         print(
-            f"batch {batch:2d}: engine step {e * 1000:7.1f} ms ({batch / e:6.1f} tok/s)   bare forwards "
-            f"{b * 1000:7.1f} ms ({batch / b:6.1f} tok/s)   RSD math {m * 1000:6.1f} ms   "
-            f"overhead {e / b - 1:6.3f}   math share {m / e:5.3f}   median nucleus {nucleus:.0f} tokens"
+            f"batch {batch:2d}: engine step {e * 1000:7.1f} ms ({batch / e:6.1f} tok/s), of which forwards "
+            f"{statistics.median(forwards) * 1000:7.1f} ms and RSD math {m * 1000:6.1f} ms: overhead "
+            f"{overhead[batch]:6.3f}, math share {m / e:5.3f}   |   separate bare loop {b * 1000:7.1f} ms "
+            f"({batch / b:6.1f} tok/s, engine/bare - 1 = {e / b - 1:+.3f})   median nucleus {nucleus:.0f} tokens"
         )
     print(" ".join(f"real_vocab_overhead_b{b}={o:.3f}" for b, o in overhead.items()), end=" ")
     print(f"math_share_b{max(share)}={share[max(share)]:.3f}")

@@ -154,6 +154,13 @@ def test_two_rounds_train_the_round_two_student_from_round_ones(demo_models, tas
     train_two = the_plan.stage("train/rsd.r2-seed0")
     assert train_two.config.model == round_one and "train/rsd-seed0" in train_two.after
     assert train_two.config.dataset.endswith("rsd.r2.jsonl")
+    summary = experiment(path)  # and it runs: round 2's traces come from the round-1 model
+    from ownwords.data.store import TraceStore
+
+    with TraceStore(tmp_path / "out" / "traces.sqlite", create=False, write=False) as store:
+        assert store.runs()["rsd.r2"]["student"] == round_one and store.summary("rsd.r2")["samples"] == 12
+    assert {r["arm"] for r in summary["accuracy"]} == {"base", "rsd", "rsd.r2"}
+    assert (tmp_path / "out" / "models" / "rsd.r2-seed0" / "model.safetensors").is_file()
 
 
 def test_several_students_give_the_cross_model_table(demo_models, task, tmp_path):
