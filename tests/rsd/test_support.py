@@ -116,3 +116,31 @@ def test_sampling_on_the_support_follows_the_closed_form():
     expected = rsd_probs(dense_t, rule(s_logits.softmax(-1), dense_t), student.dense(50), trials)[0]
     tv = 0.5 * (empirical(tokens, 50) - expected).abs().sum().item()
     assert tv < tv_bound(n, support=int((expected > 0).sum())), f"TV {tv:.4f}"
+
+
+@pytest.mark.parametrize("ids", ["prefix", "permuted"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        dict(temperature=0.7),
+        dict(temperature=0.7, top_p=0.9),
+        dict(logprobs="raw", top_k=5),
+        dict(logprobs="processed", top_k=5, top_p=0.9),
+    ],
+    ids=str,
+)
+def test_the_proposal_on_its_support_is_the_dense_proposal(ids, setting):
+    """T from teacher logits (padded columns, teacher-only and student-only tokens) on its support
+    equals the dense T, for an alignment whose shared tokens are a common prefix and for one that is not."""
+    from ownwords.decoding.engine import Sampling, proposal_probs, proposal_support
+    from ownwords.rsd.vocab import VocabAlignment
+
+    gen = torch.Generator().manual_seed(3)
+    shared = 40  # student 48 tokens (8 student-only), teacher 44 (4 teacher-only), teacher logits 50 wide
+    teacher_ids = torch.arange(shared) if ids == "prefix" else torch.randperm(44, generator=gen)[:shared]
+    alignment = VocabAlignment(48, 44, torch.arange(shared), teacher_ids, None, None)
+    assert bool(alignment.shared_prefix) == (ids == "prefix")
+    sampling = Sampling(**{"temperature": 1.0, "top_p": 1.0, **setting})
+    t_logits = torch.randn(6, 50, generator=gen) * 3
+    dense = proposal_probs(t_logits, sampling, alignment)
+    assert torch.allclose(proposal_support(t_logits, sampling, alignment).dense(48), dense, atol=1e-6)
