@@ -71,22 +71,21 @@ class ExperimentConfig:
 
 @dataclass
 class Stage:
-    """One step: `kind` runs `config`; `folder` (relative to the experiment) holds its stamp; `after`
-    names the stages whose results it consumes (their digests are part of its own)."""
+    """One step: `kind` runs `config`; its stamp is OUT/stages/<name>.json; `after` names the stages
+    whose results it consumes (their digests are part of its own)."""
 
     name: str
     kind: str
     config: Any
     spec: dict  # what the stage was asked to do (its digest is taken over this, not the dataclass)
     after: list[str] = field(default_factory=list)
-    label: str = ""  # the trace set (generate / select / export) or model (train / eval) it makes
 
 
 @dataclass
 class Plan:
     config: ExperimentConfig
     stages: list[Stage]
-    trace_sets: dict[str, dict]  # label -> arm, kind, student, round, swept (field, value)
+    trace_sets: dict[str, dict]  # label -> arm, kind, student, round, swept (option, value), rule, threshold
     models: dict[str, dict]  # model key -> path, arm label (None for a base student), seed, student
 
     def stage(self, name: str) -> Stage:
@@ -235,9 +234,7 @@ def plan(config: ExperimentConfig) -> Plan:
         after = [] if info["arm"] is None else [f"train/{key}"]
         spec = sections["eval"] | dict(models=[info["path"]], out=str(out / "eval" / key))
         spec |= dict(workers=config.workers, ray_address=config.ray_address)
-        stages.append(
-            Stage(f"eval/{key}", "eval", build(EvalConfig, spec, "section 'eval'"), spec, after, key)
-        )
+        stages.append(Stage(f"eval/{key}", "eval", build(EvalConfig, spec, "section 'eval'"), spec, after))
     spec = sections["analyze"] | dict(
         students=list(config.students), store=store, runs=list(trace_sets), out=str(out / "analysis")
     )
@@ -262,9 +259,9 @@ def _trace_stages(config, sections, arm, label, student, store, after) -> list[S
     )
     exp["overwrite"] = True
     return [
-        Stage(f"generate/{label}", "generate", build(GenerateConfig, gen, where, PRESETS), gen, after, label),
-        Stage(f"select/{label}", "select", build(SelectConfig, sel, "section 'select'"), sel, [f"generate/{label}"], label),
-        Stage(f"export/{label}", "export", build(ExportConfig, exp, "section 'export'"), exp, [f"select/{label}"], label),
+        Stage(f"generate/{label}", "generate", build(GenerateConfig, gen, where, PRESETS), gen, after),
+        Stage(f"select/{label}", "select", build(SelectConfig, sel, "section 'select'"), sel, [f"generate/{label}"]),
+        Stage(f"export/{label}", "export", build(ExportConfig, exp, "section 'export'"), exp, [f"select/{label}"]),
     ]  # fmt: skip
 
 
@@ -273,7 +270,7 @@ def _train_stage(sections, label, key, model, made_by, path, seed, out) -> Stage
         model=model, dataset=str(out / "data" / f"{label}.jsonl"), output_dir=path, seed=seed
     )
     after = [f"export/{label}", *([made_by] if made_by else [])]
-    return Stage(f"train/{key}", "train", build(TrainConfig, spec, "section 'train'"), spec, after, key)
+    return Stage(f"train/{key}", "train", build(TrainConfig, spec, "section 'train'"), spec, after)
 
 
 def _tag(student: str) -> str:
