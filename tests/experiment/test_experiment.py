@@ -233,3 +233,17 @@ def test_a_run_left_by_a_killed_experiment_with_other_settings_is_replaced(demo_
     (tmp_path / "out").mkdir()
     generate(dataclasses.replace(stale, threshold=0.2, limit=2))
     assert "generate/rsd" in ran(experiment(path))
+
+
+def test_a_second_runner_on_the_same_folder_is_refused(demo_models, task, tmp_path):
+    from ownwords.data.store import hold_lock
+
+    path = experiment_yaml(tmp_path / "e.yaml", demo_models, task, tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    held = hold_lock(tmp_path / "out" / ".experiment.lock", RuntimeError("held"))  # the other runner
+    try:
+        with pytest.raises(UserError, match="in use by another"):
+            experiment(path)
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".experiment.lock"]
+    finally:
+        held.close()

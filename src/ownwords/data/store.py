@@ -78,6 +78,21 @@ class StoreError(UserError):
     with another config)."""
 
 
+def hold_lock(path: Path, busy: UserError):
+    """An exclusive lock on the file `path`, held while the returned handle is open (the OS drops it
+    when the holder dies); raises `busy` if another process holds it. None where there are no file
+    locks (not POSIX)."""
+    if fcntl is None:
+        return None
+    handle = open(path, "a+")  # noqa: SIM115 -- held open by the caller
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise busy from None
+    return handle
+
+
 class TraceStore:
     """An ownwords store. `create`: make the file if it is missing; `write`: the caller will write
     (checked now, before any work)."""
@@ -175,16 +190,13 @@ class TraceStore:
             return
         slug = re.sub(r"[^A-Za-z0-9_.-]", "_", run)[:64]
         lock_path = self.path.with_name(f"{self.path.name}.{slug}.lock")
-        handle = open(lock_path, "a+")  # noqa: SIM115 -- held open for the run's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise StoreError(
+        self._locks[run] = hold_lock(
+            lock_path,
+            StoreError(
                 f"store {str(self.path)!r}: run {run!r} is being written by another process (lock "
                 f"{str(lock_path)!r}); wait for it to finish, or use another run or store"
-            ) from None
-        self._locks[run] = handle
+            ),
+        )
 
     def runs(self) -> dict[str, dict]:
         if not self._has("runs"):

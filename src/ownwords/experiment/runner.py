@@ -8,6 +8,7 @@ evaluation resume inside their stores, a training restarts from its base model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..config import to_dict
-from ..data.store import StoreError, TraceStore
+from ..data.store import StoreError, TraceStore, hold_lock
 from ..errors import UserError
 from ..stages.analyze import analyze
 from ..stages.evaluate import evaluate
@@ -26,11 +27,6 @@ from ..stages.select import select
 from ..stages.train import train
 from .plan import ExperimentConfig, Plan, Stage, digest, load_experiment, plan
 from .report import write_report
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no lock against a second runner
-    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +39,12 @@ def experiment(config: str | Path | ExperimentConfig) -> dict:
     the_plan = plan(config)  # every stage's config is checked before anything runs
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
+    lock = out / ".experiment.lock"  # one runner per experiment folder at a time
+    busy = UserError(
+        f"experiment folder {str(out)!r} is in use by another `ownwords experiment` (lock {str(lock)!r}); "
+        "wait for it to finish"
+    )
+    with hold_lock(lock, busy) or contextlib.nullcontext():  # a file handle closes (unlocks) on exit
         digests, results, log = {}, {}, []
         for stage in the_plan.stages:
             digests[stage.name] = digest(stage, digests)
@@ -129,29 +130,6 @@ RUNNERS = dict(
     analyze=_analyze,
     report=_report,
 )
-
-
-class _exclusive:
-    """One runner per experiment folder at a time (the OS drops the lock of a killed runner)."""
-
-    def __init__(self, out: Path):
-        self.path = out / ".experiment.lock"
-
-    def __enter__(self):
-        self.handle = open(self.path, "a")  # noqa: SIM115 (held until __exit__)
-        if fcntl is not None:
-            try:
-                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.handle.close()
-                raise UserError(
-                    f"experiment folder {str(self.path.parent)!r} is in use by another `ownwords experiment` "
-                    f"(lock {str(self.path)!r}); wait for it to finish"
-                ) from None
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
 
 
 def _write_atomically(path: Path, text: str) -> None:
