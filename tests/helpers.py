@@ -139,3 +139,39 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.endswith(".lock")
     }
+
+
+def two_sample_chi_square(groups) -> tuple[float, int]:
+    """Do two samplers emit the same law? groups: [(tokens of sampler a, tokens of sampler b)], one
+    pair per conditioning context. Per group, a 2 x bins homogeneity test (tokens expected >= 5
+    times in both are bins, the rest one bin); pooled, p by the Wilson-Hilferty approximation."""
+    stat, dof = 0.0, 0
+    for a, b in groups:
+        counts = {}
+        for side, tokens in enumerate((a, b)):
+            for t in tokens:
+                counts.setdefault(t, [0, 0])[side] += 1
+        n = [len(a), len(b)]
+        total = n[0] + n[1]
+        bins, rest = [], [0, 0]
+        for pair in counts.values():
+            if min(sum(pair) * n[0], sum(pair) * n[1]) >= 5 * total:
+                bins.append(pair)
+            else:
+                rest = [rest[0] + pair[0], rest[1] + pair[1]]
+        if min(sum(rest) * n[0], sum(rest) * n[1]) >= 5 * total:
+            bins.append(rest)
+        elif bins:  # too little for a bin of its own: fold it into the largest
+            big = max(bins, key=sum)
+            big[0], big[1] = big[0] + rest[0], big[1] + rest[1]
+        if len(bins) < 2:
+            continue
+        for pair in bins:
+            for side in (0, 1):
+                expected = sum(pair) * n[side] / total
+                stat += (pair[side] - expected) ** 2 / expected
+        dof += len(bins) - 1
+    if dof == 0:
+        return 1.0, 0
+    z = ((stat / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / math.sqrt(2 / (9 * dof))
+    return 0.5 * math.erfc(z / math.sqrt(2)), dof

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import empirical, tv_bound
+from helpers import empirical, tv_bound, two_sample_chi_square
 
 from ownwords.decoding.engine import RSD, Engine, Request, Sampling
 from ownwords.models.loading import load_pair
@@ -247,3 +247,45 @@ def test_the_paper_preset_emits_the_authors_distribution(small, k):
         assert dof >= 5 and p > 1e-3, (
             f"token {position + 1}: chi-square p = {p:.2e} over {dof} degrees of freedom"
         )
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """The small pair with exact ties at every cut, as a bfloat16 model has them: lm_head rows shared
+    by groups of 4 tokens (scaled so that a top-p 0.6 cut falls inside a group), logits rounded to
+    bfloat16."""
+    t_dir, s_dir = make_tiny_pair(
+        tmp_path_factory.mktemp("tied"), teacher=TinySpec("qwen3", 128, 2, 4, 2, 256), student=STUDENT
+    )
+    student, s_tok, teacher, alignment = load_pair(str(t_dir), str(s_dir), "cpu", "float32")
+    for model in (student, teacher):
+        head = model.get_output_embeddings()
+        with torch.no_grad():
+            head.weight.copy_(head.weight[torch.arange(len(head.weight)) // 4 * 4] * 0.3)
+        head.register_forward_hook(lambda module, inputs, out: out.bfloat16().float())
+    return student, s_tok, teacher, alignment
+
+
+@pytest.mark.parametrize("rule", [AcceptanceRule("threshold", 0.001), AcceptanceRule("nucleus", 0.6)], ids=str)
+def test_plain_and_speculative_rsd_emit_one_law_when_logits_tie(tied, rule):
+    """Tokens 2 and 3 come from the speculative block (dense S, T and rule) or from plain RSD (the
+    same on each row's support): with ties at the top-k 5 / top-p 0.6 boundaries both keep the same
+    tokens, so the two samplers' conditional laws agree (two-sample chi-square, false alarm 1e-3)."""
+    n, student, s_tok, teacher, alignment = 3000, *tied
+    prompt = prompts(tied, 1)[0]
+    runs = []
+    for k in (0, 2):
+        eng = Engine(student, s_tok, teacher, alignment, Sampling(1.0, 5, 0.6), RSD(rule, 3),
+                     max_new_tokens=3, batch_size=500, speculate=k)  # fmt: skip
+        runs.append(list(eng.run([Request("q", i, prompt, seed=k * n + i) for i in range(n)])))
+        if k:
+            assert 0 < eng.stats["accepted"] < eng.stats["drafted"]
+    for position in (1, 2):
+        by_prefix: dict[tuple, tuple[list, list]] = {}
+        for side, traces in enumerate(runs):
+            for t in traces:
+                by_prefix.setdefault(tuple(t.token_ids[:position]), ([], []))[side].append(t.token_ids[position])
+        groups = [pair for pair in by_prefix.values() if min(map(len, pair)) >= 20]
+        p, dof = two_sample_chi_square(groups)
+        assert dof >= 5, "too few bins for a meaningful test"
+        assert p > 1e-3, f"token {position + 1}: two-sample chi-square p = {p:.2e} over {dof} degrees of freedom"

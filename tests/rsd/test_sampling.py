@@ -47,8 +47,8 @@ def test_rank_nucleus_ratio_percentile_rules():
     assert AcceptanceRule("nucleus", 0.9)(A, T).tolist() == [[0, 1, 0, 0, 1]]
     ratio = AcceptanceRule("ratio")(A, T)
     assert torch.allclose(ratio, torch.tensor([[0.01, 1.0, 0.2, 0.05, 0.0]]))
-    # Scores ascending: tokens 0, 3 (0.005, tie kept in index order), 2, 4, 1. Proposal mass below
-    # each: 0 -> 0.0, 3 -> 0.5, 2 -> 0.6, 4 -> 0.7, 1 -> 0.7. Percentile 0.55 rejects tokens 0 and 3.
+    # Scores ascending: tokens 0 and 3 (tied at 0.005: one group), 2, 4, 1. Proposal mass strictly
+    # below each: 0 -> 0.0, 3 -> 0.0, 2 -> 0.6, 4 -> 0.7, 1 -> 0.7. Percentile 0.55 rejects 0 and 3.
     assert AcceptanceRule("percentile", 0.55)(A, T).tolist() == [[0, 1, 1, 0, 1]]
     assert AcceptanceRule("percentile", 0.0)(A, T).tolist() == [[1, 1, 1, 1, 1]]
 

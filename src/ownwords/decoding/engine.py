@@ -75,7 +75,7 @@ def proposal_support(t_logits: torch.Tensor, sampling: Sampling, alignment: Voca
             return sampling.support(t_logits[:, : alignment.shared_prefix])
         return sampling.support(alignment.teacher_logits_to_student(t_logits))
     own = sampling.support(t_logits[:, : alignment.teacher_size])
-    return Support(*alignment.teacher_support_to_student(own.probs, own.ids))
+    return Support(*alignment.teacher_support_to_student(own.probs, own.ids), own.keys)
 
 
 @dataclass(frozen=True)
@@ -355,8 +355,9 @@ class Engine:
         (n_rows, k), v = draft.shape, self.vocab
         proposal = self._proposal(t_logits.flatten(0, 1))  # [B(K+1), V]
         student_p = s_probs.flatten(0, 1)  # [B(K+1), V]
-        score = s_logits.flatten(0, 1).softmax(-1) if self.rsd.score == "raw" else student_p
-        alpha = self.rsd.rule(score, proposal)
+        logits = s_logits.flatten(0, 1)  # the scores' order, which decides ties (as on the support)
+        score = logits.softmax(-1) if self.rsd.score == "raw" else student_p
+        alpha = self.rsd.rule(score, proposal, logits.masked_fill(score == 0, -math.inf))
         target = rsd_probs(proposal, alpha, student_p, self.rsd.trials)  # [B(K+1), V] float64
         shape = (n_rows, k + 1, v)
         u = u.to(target.device)

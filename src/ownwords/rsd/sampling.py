@@ -15,6 +15,19 @@ Words, defined once. Every distribution lives on the *student's* vocabulary, sha
 
 Randomness always comes in as uniforms drawn by the caller from per-sample generators
 (float64, so a draw is never rounded onto a bucket edge); nothing here touches global RNG state.
+
+Ties. Every cut -- top-k, top-p, the rank, nucleus and percentile rules, acceptance top-k, greedy --
+depends on the values only, never on the order of token ids or on which kernel sorted them: tokens
+whose sort key is equal form a *tie group*, and a group is cut as one token would be. Top-k keeps
+every token whose key is >= the k-th (as HF's top-k does); top-p and the nucleus rule close after the
+whole group that reaches the mass (a token is kept when the mass of the tokens with a strictly
+greater key is under top-p); rank and acceptance top-k accept a group tied at the k-th together;
+percentile accepts a group when the proposal mass of the tokens with a strictly lower score reaches
+the fraction; greedy (temperature 0) is the limit of temperature -> 0, uniform over the tied
+maxima. The key is the logit (a token's place in the order), not its probability: equal logits
+may round to probabilities an ulp apart in different SIMD lanes, equal keys never differ. bfloat16
+logits tie often (8 bits of mantissa), so this decides real laws, and makes the support form (plain
+RSD) and the dense form (speculative verification, the test oracle) emit the same one.
 """
 
 from __future__ import annotations
@@ -44,51 +57,61 @@ def probs_from_logits(
     * ``processed`` -- vLLM ``logprobs_mode="processed_logprobs"``: temperature, then top-p over the
       full vocabulary, then the top-k of that, renormalised.
 
-    temperature 0 is greedy (a one-hot on the argmax); top_k 0 and top_p 1 disable those filters.
+    temperature 0 is greedy (uniform over the tied maxima); top_k 0 and top_p 1 disable those
+    filters. Ties at every cut follow the module docstring's rule.
     """
     logits = logits.float()
     if logprobs == "raw":
         return _top_k(logits, top_k).softmax(-1)
     if temperature == 0:
-        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return _greedy(logits)
     logits = logits / temperature
     if logprobs == "processed":
-        probs = _top_p(logits.softmax(-1), top_p) if top_p < 1.0 else logits.softmax(-1)
+        probs = _top_p(logits.softmax(-1), top_p, logits)
         if 0 < top_k < probs.shape[-1]:  # the top-k of the nucleus, renormalised
-            probs = probs.masked_fill(probs < probs.topk(top_k, dim=-1).values[..., -1:], 0.0)
-            probs = probs / probs.sum(-1, keepdim=True)
+            probs = _top_k(logits.masked_fill(probs == 0, -math.inf), top_k).softmax(-1)
         return probs
-    probs = _top_k(logits, top_k).softmax(-1)
-    return _top_p(probs, top_p) if top_p < 1.0 else probs
+    logits = _top_k(logits, top_k)
+    return _top_p(logits.softmax(-1), top_p, logits)
+
+
+def _greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Uniform over each row's tied maxima [B, V] (all zero for a row with no finite logit)."""
+    top = logits.amax(-1, keepdim=True)
+    tied = ((logits == top) & (logits > -math.inf)).float()
+    return tied / tied.sum(-1, keepdim=True).clamp_min(1.0)
 
 
 def _top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Mask every logit below the k-th (ties with the k-th stay)."""
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, -math.inf)
     return logits
 
 
-def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches top_p (the top token always stays).
+def _top_p(probs: torch.Tensor, top_p: float, key: torch.Tensor) -> torch.Tensor:
+    """Keep each token whose strictly-higher-keyed mass is under top_p, renormalised: the nucleus,
+    closed after the whole tie group that reaches top_p (the top group always stays). probs, key [B, V]."""
+    if top_p >= 1.0:
+        return probs
+    keys, order = key.sort(-1, descending=True)  # [B, V]
+    sorted_probs = probs.gather(-1, order)
+    kept = sorted_probs.masked_fill(mass_before_group(sorted_probs, keys) >= top_p, 0.0)
+    out = torch.zeros_like(probs).scatter_(-1, order, kept)
+    return out / out.sum(-1, keepdim=True)
 
-    Works on the top-k for growing k instead of a full sort (several times faster on CPU): once the
-    k-th token of a row starts at a mass >= top_p, its nucleus lies inside the top-k. Only the rows
-    whose nucleus is not yet inside go on to the next, larger k.
-    """
-    vocab = probs.shape[-1]
-    out, rows, k = probs, None, min(64, vocab)  # rows: indices of the rows still open (None: all)
-    while True:
-        sub = probs if rows is None else probs[rows]
-        top, order = sub.topk(k, dim=-1)  # [R, k], descending
-        mass_before = top.cumsum(-1) - top
-        kept = torch.zeros_like(sub).scatter_(-1, order, top.masked_fill(mass_before >= top_p, 0.0))
-        out = kept if rows is None else out.index_copy(0, rows, kept)
-        still_open = (mass_before[:, -1] < top_p).nonzero().squeeze(-1)  # [R'] may reach past the top-k
-        if k == vocab or len(still_open) == 0:
-            return out / out.sum(-1, keepdim=True)
-        rows = still_open if rows is None else rows[still_open]
-        k = min(4 * k, vocab)
+
+def mass_before_group(mass: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """mass, keys [B, K], sorted by key (either direction) -> [B, K]: the mass of the entries before
+    each entry's tie group (the entries with a strictly greater key, sorted descending), so that a
+    group is always cut as a whole."""
+    before = mass.cumsum(-1) - mass
+    position = torch.arange(keys.shape[-1], device=keys.device).expand_as(keys)
+    starts = torch.ones_like(keys, dtype=torch.bool)
+    starts[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    first = torch.where(starts, position, 0).cummax(-1).values  # [B, K] where each entry's group begins
+    return before.gather(-1, first)
 
 
 def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -139,11 +162,16 @@ class AcceptanceRule:
         if not ok:
             raise ValueError(f"acceptance rule {self.name!r} got value {self.value}; expected {expected}")
 
-    def __call__(self, score: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
-        """score, proposal [B, V] -> alpha [B, V] (float32)."""
-        alpha = getattr(self, f"_{self.name}")(score.float(), proposal.float())
+    def __call__(
+        self, score: torch.Tensor, proposal: torch.Tensor, key: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """score, proposal [B, V] -> alpha [B, V] (float32). key [B, V]: the order of the scores, which
+        decides ties (the student's logits for the raw score; default: the scores themselves)."""
+        score, proposal = score.float(), proposal.float()
+        key = score if key is None else key.float()
+        alpha = getattr(self, f"_{self.name}")(score, proposal, key)
         if self.top_k:
-            alpha = alpha * _in_top_k(score, self.top_k)
+            alpha = alpha * _in_top_k(score, self.top_k, key)
         return alpha
 
     def on_support(self, proposal: Support, scores) -> torch.Tensor:
@@ -158,45 +186,46 @@ class AcceptanceRule:
             alpha = _member(proposal.ids, *scores.top(int(self.value)))
         elif self.name == "nucleus":
             alpha = _member(proposal.ids, *scores.nucleus(self.value))
-        else:  # percentile: tokens by score, lowest first, ties in id order as the dense argsort has them
-            by_id = proposal.ids.argsort(dim=-1, stable=True)
-            order = by_id.gather(-1, score.gather(-1, by_id).argsort(dim=-1, stable=True))  # [B, K]
-            sorted_mass = t.gather(-1, order)
-            inside = (sorted_mass.cumsum(-1) - sorted_mass) >= self.value - 1e-7
-            alpha = torch.zeros_like(t).scatter_(-1, order, inside.float())
+        else:  # percentile: the proposal's tokens by score key, lowest first
+            alpha = _percentile(t, scores.key_at(proposal.ids), self.value)
         if self.top_k:
             alpha = alpha * _member(proposal.ids, *scores.top(self.top_k))
         return alpha
 
-    def _threshold(self, score, proposal):
+    def _threshold(self, score, proposal, key):
         return (score >= self.value).float()
 
-    def _rank(self, score, proposal):
-        return _in_top_k(score, int(self.value))
+    def _rank(self, score, proposal, key):
+        return _in_top_k(score, int(self.value), key)
 
-    def _nucleus(self, score, proposal):
-        sorted_score, order = score.sort(-1, descending=True)
-        inside = (sorted_score.cumsum(-1) - sorted_score) < self.value  # [B, V]; the top token is inside
+    def _nucleus(self, score, proposal, key):
+        keys, order = key.sort(-1, descending=True)  # [B, V]
+        sorted_score = score.gather(-1, order)
+        inside = mass_before_group(sorted_score, keys) < self.value  # [B, V]; the top group is inside
         return torch.zeros_like(score).scatter_(-1, order, inside.float())
 
-    def _ratio(self, score, proposal):
+    def _ratio(self, score, proposal, key):
         # T = 0 tokens are never proposed; clamping the denominator keeps the division NaN-free.
         return torch.where(proposal > 0, (score / proposal.clamp_min(1e-30)).clamp(max=1.0), 0.0)
 
-    def _percentile(self, score, proposal):
-        # Sort tokens by student score, lowest first; a token is accepted once the proposal mass of
-        # the tokens ranked below it reaches the percentile.
-        order = score.argsort(dim=-1, stable=True)  # [B, V]
-        sorted_mass = proposal.gather(-1, order)
-        mass_below = sorted_mass.cumsum(-1) - sorted_mass
-        inside = mass_below >= self.value - 1e-7  # float32 cumsum tolerance
-        return torch.zeros_like(score).scatter_(-1, order, inside.float())
+    def _percentile(self, score, proposal, key):
+        return _percentile(proposal, key, self.value)
 
 
-def _in_top_k(score: torch.Tensor, k: int) -> torch.Tensor:
-    """1.0 where the token is among the k highest scores of its row (and scores above 0), else 0.0; [B, V]."""
-    top = score.topk(min(k, score.shape[-1]), dim=-1)
-    return torch.zeros_like(score, dtype=torch.float32).scatter_(-1, top.indices, (top.values > 0).float())
+def _percentile(proposal: torch.Tensor, key: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Accept a token once the proposal mass of the tokens with a strictly lower score key reaches
+    the fraction (a tie group together). proposal, key [B, K] -> alpha [B, K]."""
+    keys, order = key.sort(-1)  # lowest score first
+    below = mass_before_group(proposal.gather(-1, order), keys)
+    inside = below >= fraction - 1e-7  # float32 cumsum tolerance
+    return torch.zeros_like(proposal).scatter_(-1, order, inside.float())
+
+
+def _in_top_k(score: torch.Tensor, k: int, key: torch.Tensor) -> torch.Tensor:
+    """1.0 where the token's key is >= the k-th highest of its row (ties with the k-th are in) and its
+    score is above 0, else 0.0; [B, V]."""
+    kth = key.topk(min(k, key.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+    return ((key >= kth) & (score > 0)).float()
 
 
 def rsd_probs(
@@ -304,15 +333,18 @@ def rsd_explain(
 # -- The same step on each row's support ---------------------------------------------------------
 # At a real vocabulary (~150k tokens) each pass over [B, V] costs as much as the rest of the step,
 # yet after top-k / top-p a distribution lives on a few dozen tokens. Here S and T are kept as
-# (probs [B, K], ids [B, K]); the full vocabulary is touched only by a top-k and one normaliser.
+# (probs [B, K], ids [B, K], keys [B, K]); the full vocabulary is touched only by a top-k and one
+# normaliser.
 
 
 class Support(NamedTuple):
-    """A distribution on each row's support: probs [B, K] (float32, zero-padded) and token ids [B, K].
-    Scattered onto [B, V] (``dense``) it is the distribution ``probs_from_logits`` gives."""
+    """A distribution on each row's support: probs [B, K] (float32, zero-padded), token ids [B, K] and
+    their sort keys [B, K] (the logits the cuts were decided on; ``-inf`` on padding), sorted by key,
+    descending. Scattered onto [B, V] (``dense``) it is the distribution ``probs_from_logits`` gives."""
 
     probs: torch.Tensor
     ids: torch.Tensor
+    keys: torch.Tensor
 
     def dense(self, vocab: int) -> torch.Tensor:
         return self.probs.new_zeros(len(self.probs), vocab).scatter_add_(-1, self.ids, self.probs)
@@ -321,23 +353,29 @@ class Support(NamedTuple):
         """The probability of tokens query [B, n] -> [B, n] (0 off the support)."""
         return _lookup(self.ids, self.probs, self.probs > 0, query)
 
+    def key_at(self, query: torch.Tensor) -> torch.Tensor:
+        """The sort key of tokens query [B, n] -> [B, n] (-inf off the support: a score of 0)."""
+        return _lookup(self.ids, self.keys, self.probs > 0, query, missing=-math.inf)
+
     def sample(self, uniforms: torch.Tensor) -> torch.Tensor:
         """Token ids [B, n] for uniforms [B, n] (inverse CDF over the support, as ``sample_from``)."""
         return self.ids.gather(-1, sample_from(self.probs, uniforms))
 
-    # As the acceptance score ("processed": a = S): its top-k and its nucleus, as (ids, valid) [B, k].
+    # As the acceptance score ("processed": a = S): its top-k and its nucleus, as (ids, valid) [B, K].
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        values, pos = self.probs.topk(min(k, self.probs.shape[-1]), dim=-1)
-        return self.ids.gather(-1, pos), values > 0
+        keys = self.keys.masked_fill(self.probs == 0, -math.inf)
+        kth = keys.topk(min(k, keys.shape[-1]), dim=-1).values[:, -1:]
+        return self.ids, (keys >= kth) & (self.probs > 0)
 
     def nucleus(self, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
-        values, pos = self.probs.sort(-1, descending=True)
-        return self.ids.gather(-1, pos), (values > 0) & (values.cumsum(-1) - values < mass)
+        keys, order = self.keys.sort(-1, descending=True)  # a no-op but for a whole-vocabulary support
+        probs = self.probs.gather(-1, order)
+        return self.ids.gather(-1, order), (probs > 0) & (mass_before_group(probs, keys) < mass)
 
 
 class RawScores:
     """The acceptance score "raw": the student's softmax at temperature 1, a(x) = exp(l_x - logsumexp l),
-    read at the tokens asked for; logits [B, V] are never normalised as a whole."""
+    read at the tokens asked for; logits [B, V] are never normalised as a whole. Its key is the logit."""
 
     def __init__(self, logits: torch.Tensor):
         self.logits = logits.float()
@@ -347,9 +385,12 @@ class RawScores:
     def at(self, query: torch.Tensor) -> torch.Tensor:
         return (self.logits.gather(-1, query) - self.log_total).exp()
 
+    def key_at(self, query: torch.Tensor) -> torch.Tensor:
+        return self.logits.gather(-1, query)
+
     def top(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        values, ids = self.logits.topk(min(k, self.logits.shape[-1]), dim=-1)
-        return ids, values > -math.inf
+        values, ids, kept = _top_k_ties(self.logits, k)
+        return ids, kept & (values > -math.inf)
 
     def nucleus(self, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
         inside = support_from_logits(self.logits, top_p=mass)
@@ -359,30 +400,25 @@ class RawScores:
 def support_from_logits(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, logprobs: str = "none"
 ) -> Support:
-    """``probs_from_logits`` on each row's support (same arguments, same distribution).
+    """``probs_from_logits`` on each row's support (same arguments, same distribution, same ties).
 
     A row's support, and so its draws, depend only on that row: the top-k widens per row (64, 256,
-    ...) until it holds the whole nucleus, and ties at a top-k boundary are all kept, as the dense
-    filter keeps them. Without any filter the support is the whole vocabulary.
+    ...) until it holds every token tied with the k-th, or the whole nucleus with its last tie group.
+    Without any filter the support is the whole vocabulary.
     """
     logits = logits.float()
-    batch, vocab = logits.shape
+    vocab = logits.shape[-1]
     if logprobs == "raw":
-        if not 0 < top_k < vocab:
-            return _whole(logits.softmax(-1))
+        return _renormalised(*_top_k_ties(logits, top_k)) if 0 < top_k < vocab else _whole(logits, 1.0)
+    if temperature == 0:  # the tied maxima, uniformly
+        values, ids, kept = _top_k_ties(logits, 1)
+        kept &= values > -math.inf
+        return Support(kept.float() / kept.sum(-1, keepdim=True).clamp_min(1), ids, values)
+    if 0 < top_k < vocab and (logprobs == "none" or top_p >= 1.0):  # the top-k first: the softmax spans it
         values, ids, kept = _top_k_ties(logits, top_k)
-        return Support(values.masked_fill(~kept, -math.inf).softmax(-1), ids)
-    if temperature == 0:
-        return Support(logits.new_ones(batch, 1), logits.argmax(-1, keepdim=True))
-    if logprobs == "none" and 0 < top_k < vocab:  # the top-k first: the softmax spans it alone
-        values, ids, kept = _top_k_ties(logits, top_k)
-        return _nucleus((values / temperature).masked_fill(~kept, -math.inf).softmax(-1), ids, top_p)
+        return _nucleus(_renormalised(values, ids, kept, temperature), top_p)
     if top_p >= 1.0:
-        probs = (logits / temperature).softmax(-1)
-        if logprobs == "processed" and 0 < top_k < vocab:
-            values, ids, kept = _top_k_ties(probs, top_k)
-            return _nucleus(values.masked_fill(~kept, 0.0), ids, 1.0)
-        return _whole(probs)
+        return _whole(logits, temperature)
     # The nucleus of the whole softmax: its normaliser once, then a top-k wide enough to hold it.
     top = logits.amax(-1, keepdim=True)  # [B, 1]
     total = (logits - top).div_(temperature).exp_().sum(-1, keepdim=True)  # [B, 1]
@@ -390,28 +426,37 @@ def support_from_logits(
     def prob(values, rows):
         return ((values - top[rows]) / temperature).exp() / total[rows]
 
-    def holds_nucleus(values, rows):
-        p = prob(values, rows)
-        return (p.cumsum(-1) - p)[:, -1] >= top_p
+    def holds_nucleus(values, rows):  # the last group fetched starts at a mass >= top_p: all is inside
+        return mass_before_group(prob(values, rows), values)[:, -1] >= top_p
 
     values, ids = _grown_top(logits, 64, holds_nucleus)
-    support = _nucleus(prob(values, slice(None)), ids, top_p)
+    support = _nucleus(Support(prob(values, slice(None)), ids, values), top_p)
     if logprobs == "processed" and 0 < top_k < support.probs.shape[-1]:  # the top-k of the nucleus
-        kth = support.probs[:, top_k - 1 : top_k]
-        support = _nucleus(support.probs.masked_fill(support.probs < kth, 0.0), ids, 1.0)
+        keys = support.keys.masked_fill(support.probs == 0, -math.inf)
+        kept = keys >= keys[:, top_k - 1 : top_k]
+        support = _nucleus(Support(support.probs * kept, ids, support.keys), 1.0)
     return support
 
 
-def _whole(probs: torch.Tensor) -> Support:
-    batch, vocab = probs.shape
-    return Support(probs, torch.arange(vocab, device=probs.device).expand(batch, vocab))
+def _whole(logits: torch.Tensor, temperature: float) -> Support:
+    batch, vocab = logits.shape
+    return Support(
+        (logits / temperature).softmax(-1), torch.arange(vocab, device=logits.device).expand(batch, vocab), logits
+    )
 
 
-def _nucleus(probs: torch.Tensor, ids: torch.Tensor, top_p: float) -> Support:
-    """probs [B, K] sorted descending -> the smallest prefix whose mass reaches top_p, renormalised."""
+def _renormalised(values, ids, kept, temperature: float = 1.0) -> Support:
+    """The softmax over the kept entries of a top-k (values [B, K], sorted descending)."""
+    return Support((values / temperature).masked_fill(~kept, -math.inf).softmax(-1), ids, values)
+
+
+def _nucleus(support: Support, top_p: float) -> Support:
+    """A support sorted by key, descending -> the tokens whose strictly-higher-keyed mass is under
+    top_p (a prefix ending with a whole tie group), renormalised."""
+    probs = support.probs
     if top_p < 1.0:
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-    return Support(probs / probs.sum(-1, keepdim=True), ids)
+        probs = probs.masked_fill(mass_before_group(probs, support.keys) >= top_p, 0.0)
+    return Support(probs / probs.sum(-1, keepdim=True), support.ids, support.keys)
 
 
 def _top_k_ties(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -445,14 +490,14 @@ def _grown_top(x: torch.Tensor, k: int, enough) -> tuple[torch.Tensor, torch.Ten
 
 
 def _lookup(
-    ids: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, query: torch.Tensor
+    ids: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, query: torch.Tensor, missing: float = 0.0
 ) -> torch.Tensor:
-    """values [B, K] at the entries of ids [B, K] matching query [B, n] -> [B, n] (0 where none; an
-    entry not ``valid`` never matches). Sort and binary search: K and n may both be thousands."""
+    """values [B, K] at the entries of ids [B, K] matching query [B, n] -> [B, n] (`missing` where
+    none; an entry not ``valid`` never matches). Sort and binary search: K and n may both be thousands."""
     keys, order = torch.where(valid, ids, -1).sort(-1)
     pos = torch.searchsorted(keys, query).clamp_(max=keys.shape[-1] - 1)
     hit = keys.gather(-1, pos) == query
-    return torch.where(hit, values.gather(-1, order.gather(-1, pos)), 0.0)
+    return torch.where(hit, values.gather(-1, order.gather(-1, pos)), missing)
 
 
 def _member(query: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
