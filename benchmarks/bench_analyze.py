@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from ownwords.decoding.cache import logits_width
 from ownwords.decoding.scoring import score_tokens
+from ownwords.models.facts import logits_width
 from ownwords.models.loading import load_model
 from ownwords.models.tiny import make_tiny_pair
 

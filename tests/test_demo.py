@@ -37,9 +37,34 @@ def test_the_demo_is_the_experiment_of_its_recipe_with_four_rows(tmp_path):
     config = DemoConfig(out=str(tmp_path), quick=True)
     experiment = demo_experiment(config, tmp_path, SCALES["quick"])
     the_plan = plan(experiment)
-    assert {i["kind"] for i in the_plan.trace_sets.values()} == {"teacher", "rsd", "self"}
-    assert [k for k, i in the_plan.models.items() if i["arm"] is None] == ["student"]
+    assert {s.arm.kind for s in the_plan.trace_sets.values()} == {"teacher", "rsd", "self"}
+    assert [k for k, m in the_plan.models.items() if m.trace_set is None] == ["student"]
     assert experiment.seeds == 1 and experiment.teacher == str(tmp_path / "models" / "teacher")
-    assert the_plan.stage("train/rsd-seed0").config.max_steps == SCALES["quick"].sft_steps
+    train = the_plan.stage("train/rsd-seed0").config
+    assert train.num_train_epochs == SCALES["quick"].sft_epochs and train.max_steps == -1  # equal epochs
     assert the_plan.stage("eval/student").config.data == [str(tmp_path / "data" / "arithmetic_test.jsonl")]
     assert DemoConfig(quick=False).seeds == 3
+
+
+def test_a_quick_demo_never_replaces_a_full_ones_results(tmp_path):
+    from helpers import snapshot
+
+    from ownwords.demo import _claim
+    from ownwords.errors import UserError
+
+    assert DemoConfig(quick=True).out == "ownwords-demo-quick" and DemoConfig().out == "ownwords-demo"
+    full = tmp_path / "demo"
+    _claim(full, "full")
+    (full / "experiment").mkdir()
+    (full / "experiment" / "report.md").write_text("the full demo's report\n")
+    before = snapshot(full)
+    import pytest
+
+    with pytest.raises(UserError, match="holds the results of the full demo.*another --out"):
+        _claim(full, "quick")
+    assert snapshot(full) == before
+    _claim(full, "full")  # the same demo again: resumed in place
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "thesis.tex").write_text("\\documentclass{article}\n")
+    with pytest.raises(UserError, match="not empty and no demo wrote it"):
+        _claim(tmp_path / "thesis", "quick")

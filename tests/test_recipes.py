@@ -52,7 +52,7 @@ def check_experiment(path):
     if "bf16" in config.sections.get("train", {}):  # bf16 training needs a GPU to construct here
         config.sections["train"] = config.sections["train"] | {"bf16": False, "use_cpu": True}
     the_plan = plan(config)
-    kinds = {info["kind"] for info in the_plan.trace_sets.values()}
+    kinds = {trace_set.arm.kind for trace_set in the_plan.trace_sets.values()}
     assert {"rsd", "self"} <= kinds or path.name == "demo.yaml"
     assert any(s.kind == "report" for s in the_plan.stages)
 

@@ -76,7 +76,7 @@ def _analyze(argv: list[str]) -> None:
     from .stages.analyze import AnalyzeConfig, analyze
 
     config = parse(AnalyzeConfig, argv, prog="ownwords analyze")
-    from .stages.analyze import matrix_table
+    from .render.analysis import matrix_table
 
     print(matrix_table(analyze(config)))
     print(f"report in {config.out}/report.md")

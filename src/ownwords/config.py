@@ -8,15 +8,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from transformers import HfArgumentParser
 
 from .errors import MissingInput, UserError
 
 C = TypeVar("C")
+# Fields of any stage that never change what it produces (progress, parallelism): a resumed run or a
+# cached experiment stage may differ in them.
+OPERATIONAL = {"progress", "workers", "ray_address", "threads", "disable_tqdm"}
+MAX_YAML_BYTES = 1 << 20  # a config of a megabyte is not a config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load without aliases (`*a` can make a few lines expand to gigabytes) or repeated keys
+    (the second silently won)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not accepted in a config; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {repeated[0]!r} is given more than once", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -24,8 +53,10 @@ def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{what} {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise UserError(f"{what} {str(path)!r} is {path.stat().st_size} bytes; a config is at most {MAX_YAML_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}  # noqa: S506 (a safe loader)
     except yaml.YAMLError as err:
         raise UserError(f"{what} {str(path)!r} is not valid YAML ({err})") from None
     if not isinstance(data, dict):
@@ -34,13 +65,83 @@ def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
-    """A YAML mapping whose keys must all be fields of `cls`."""
+    """A YAML mapping whose keys must all be fields of `cls`, of the fields' types."""
     data = read_mapping(path)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"config file {str(path)!r}: unknown keys {unknown}; known keys are {sorted(known)}")
+    check_values(cls, data, f"config file {str(path)!r}")
     return data
+
+
+def check_values(cls: type, values: dict, where: str) -> None:
+    """Every key a field of `cls`, every value of its field's type (before construction, so that a
+    TypeError raised inside a config is a bug, not a typo)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; known keys are {sorted(known)}")
+    hints = _hints(cls)
+    for key, value in values.items():
+        hint = hints.get(key, Any)
+        if not _fits(value, hint):
+            raise UserError(f"{where}: {key} is {value!r}; expected {_describe(hint)}")
+
+
+def build_config(cls: type[C], values: dict, where: str, presets: dict | None = None) -> C:
+    """cls(**values), with a preset's settings under the given ones; a bad key, type or value is a
+    UserError naming `where`."""
+    if presets is not None and values.get("preset") is not None:
+        if values["preset"] not in presets:
+            raise UserError(f"{where}: preset {values['preset']!r} is unknown; expected one of {sorted(presets)}")
+        values = presets[values["preset"]] | values
+    check_values(cls, values, where)
+    try:
+        return cls(**values)
+    except ValueError as err:  # UserError included; a TypeError here is a bug and keeps its traceback
+        raise UserError(f"{where}: {err}") from None
+
+
+def _hints(cls: type) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 -- a type we cannot resolve is not checked, never a failure
+        return {}
+
+
+def _fits(value, hint) -> bool:
+    """Can a field typed `hint` take the YAML value? (Lenient where the configs convert: a number for
+    a string, a scalar for a list; unknown types pass.)"""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        items = value if isinstance(value, list | tuple) else [value]
+        return all(_fits(v, args[0] if args else Any) for v in items)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, str | hint)
+    return True
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_describe(args[0]) if args else 'values'}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,6 +173,8 @@ def parse(
             raise UserError(f"--preset {preset!r} is unknown; expected one of {sorted(presets or {})}")
         defaults.update(presets[preset], preset=preset)
     defaults.update(from_file)
+
+    from transformers import HfArgumentParser
 
     parser = HfArgumentParser(cls, prog=prog, formatter_class=_HelpFormatter, epilog=epilog)
     parser.add_argument("--config", help="YAML file setting any of the options below; flags override it")

@@ -32,11 +32,11 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Scale:
     train_questions: int
-    test_questions: int
+    test_questions: int  # none of them a training question
     samples: int  # per training question, per trace set
     teacher_steps: int
     student_steps: int
-    sft_steps: int
+    sft_epochs: float  # every arm trains this many epochs over its own examples (equal budgets)
     teacher: TinySpec = TinySpec("qwen3", 128, 3, 4, 2, 384, logit_scale=1.0)
     student: TinySpec = TinySpec("llama", 48, 2, 4, 2, 96, logit_scale=1.0)
 
@@ -48,18 +48,24 @@ SCALES = {
         samples=2,
         teacher_steps=3000,
         student_steps=320,
-        sft_steps=120,
+        sft_epochs=4,
     ),
     "quick": Scale(
-        train_questions=120, test_questions=80, samples=2, teacher_steps=1200, student_steps=320, sft_steps=60
+        train_questions=120, test_questions=80, samples=2, teacher_steps=1200, student_steps=320, sft_epochs=3
     ),
 }
+KIND_FILE = "demo.json"  # in OUT: which demo (full or quick) wrote it
+DEMO_LAYOUT = {"data", "models", "experiment", KIND_FILE}  # what a demo writes in OUT (an older one: no marker)
 
 
 @dataclass
 class DemoConfig:
-    out: str = field(
-        default="ownwords-demo", metadata={"help": "Where the report, data, models and plots go."}
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the report, data, models and plots go (default: ownwords-demo, or ownwords-demo-quick "
+            "with --quick: the two never overwrite each other)."
+        },
     )
     quick: bool = field(
         default=False,
@@ -79,6 +85,8 @@ class DemoConfig:
             raise UserError(f"seeds is {self.seeds}; expected >= 1")
         if self.quick:
             self.seeds = 1
+        if self.out is None:
+            self.out = "ownwords-demo-quick" if self.quick else "ownwords-demo"
 
 
 # -- the task -----------------------------------------------------------------------------------
@@ -140,12 +148,16 @@ def verbose(a: int, b: int, c: int, rng: random.Random) -> str:
     return "<think>\n" + " ".join(p for p in parts if p) + f"\n</think>\n{closer} \\boxed{{{r}}}."
 
 
-def write_split(path: Path, n: int, seed: int) -> None:
+def write_split(path: Path, n: int, seed: int, exclude: Path | None = None) -> None:
+    """n questions drawn with `seed`; none of them a question of the split `exclude` (the test split
+    holds out the training questions: the task has about 700 distinct ones, so random draws overlap)."""
     rng = random.Random(seed)
+    taken = {json.loads(line)["question"] for line in exclude.read_text().splitlines()} if exclude else set()
     rows = []
-    for i in range(n):
+    while len(rows) < n:
         question, a, b, c = problem(rng)
-        rows.append({"id": f"{path.stem}-{i}", "question": question, "answer": str(a + b - c)})
+        if question not in taken:
+            rows.append({"id": f"{path.stem}-{len(rows)}", "question": question, "answer": str(a + b - c)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -226,7 +238,7 @@ def demo_experiment(config: DemoConfig, out: Path, scale: Scale) -> ExperimentCo
     experiment.questions = str(out / "data" / "arithmetic_train.jsonl")
     experiment.seeds = config.seeds
     experiment.sections["eval"]["data"] = [str(out / "data" / "arithmetic_test.jsonl")]
-    experiment.sections["train"]["max_steps"] = scale.sft_steps
+    experiment.sections["train"]["num_train_epochs"] = scale.sft_epochs
     experiment.sections["generate"]["samples"] = scale.samples
     for section in ("generate", "eval"):
         experiment.sections[section]["threads"] = config.threads
@@ -234,12 +246,30 @@ def demo_experiment(config: DemoConfig, out: Path, scale: Scale) -> ExperimentCo
     return experiment
 
 
+def _claim(out: Path, kind: str) -> None:
+    """OUT holds one demo: a quick demo never replaces a full one's results, nor the other way round."""
+    marker = out / KIND_FILE
+    if marker.is_file():
+        made = json.loads(marker.read_text()).get("kind")
+        if made != kind:
+            raise UserError(
+                f"folder {str(out)!r} holds the results of the {made} demo; the {kind} demo would replace them: "
+                f"give it another --out (the {kind} demo's default is "
+                f"{'ownwords-demo-quick' if kind == 'quick' else 'ownwords-demo'})"
+            )
+    elif out.exists() and {p.name for p in out.iterdir()} - DEMO_LAYOUT:
+        raise UserError(f"folder {str(out)!r} is not empty and no demo wrote it; give the demo another --out")
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"kind": kind}) + "\n")
+
+
 def run_demo(config: DemoConfig) -> dict:
     """Train (or reuse) the tiny pair, write the task's splits, run the demo experiment; the report is
     OUT/experiment/report.md."""
-    scale = SCALES["quick" if config.quick else "full"]
+    kind = "quick" if config.quick else "full"
+    scale = SCALES[kind]
     out = Path(config.out)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    _claim(out, kind)
     cache = Path(
         config.cache_dir
         or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ownwords" / "demo"
@@ -252,8 +282,9 @@ def run_demo(config: DemoConfig) -> dict:
     # weight fingerprint changes only when the models were retrained): every stage can be tried on them.
     for source, role in zip(cached, ("teacher", "student"), strict=True):
         shutil.copytree(source, out / "models" / role, dirs_exist_ok=True)
-    write_split(out / "data" / "arithmetic_train.jsonl", scale.train_questions, seed=1)
-    write_split(out / "data" / "arithmetic_test.jsonl", scale.test_questions, seed=2)
+    train = out / "data" / "arithmetic_train.jsonl"
+    write_split(train, scale.train_questions, seed=1)
+    write_split(out / "data" / "arithmetic_test.jsonl", scale.test_questions, seed=2, exclude=train)
     summary = experiment(demo_experiment(config, out, scale))
     logger.info("demo: tiny models %.1f s", models_seconds)
     return summary | {"models_seconds": models_seconds}

@@ -1,7 +1,8 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from ownwords.decoding.cache import CachedBatch, stop_token_ids
+from ownwords.decoding.cache import CachedBatch
+from ownwords.models.facts import stop_token_ids
 from ownwords.models.loading import load_model
 
 

@@ -24,5 +24,5 @@ def task(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("task")
     write_split(folder / "train.jsonl", 12, seed=1)
-    write_split(folder / "test.jsonl", 12, seed=2)
+    write_split(folder / "test.jsonl", 12, seed=2, exclude=folder / "train.jsonl")
     return folder

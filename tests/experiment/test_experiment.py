@@ -1,7 +1,6 @@
 """`ownwords experiment`: arms through every stage, cached and resumable, one report."""
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -11,54 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from experiments import experiment_yaml, numbers, ran
 
 from ownwords.errors import UserError
 from ownwords.experiment.plan import load_experiment, plan
 from ownwords.experiment.runner import experiment
-
-
-def experiment_yaml(path, demo_models, task, out, **changes) -> str:
-    """A small 2-arm experiment (teacher, rsd), 1 seed; `changes` replace top-level keys or, as
-    `section={...}`, update a section."""
-    teacher, student = demo_models
-    data = dict(
-        out=str(out),
-        teacher=str(teacher),
-        students=[str(student)],
-        questions=str(task / "train.jsonl"),
-        seeds=1,
-        arms=[dict(name="teacher", kind="teacher"), dict(name="rsd", kind="rsd", threshold=0.01)],
-        generate=dict(threads=2, samples=1, max_new_tokens=96, temperature=0.7, top_p=0.95, batch_size=12,
-                      system_prompt="", generation_prefix="<think>\n", progress=False),
-        select=dict(),
-        train=dict(threads=2, max_steps=4, learning_rate=3e-4, effective_batch_size=4, use_cpu=True, max_length=256,
-                   save_only_model=True, disable_tqdm=True),
-        eval=dict(threads=2, benchmarks=["arithmetic"], data=[str(task / "test.jsonl")], temperatures=["0"],
-                  max_new_tokens=96, instruction=False, generation_prefix="<think>\n", batch_size=12,
-                  progress=False),
-        analyze=dict(html_traces=20),
-    )  # fmt: skip
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = data[key] | value
-        else:
-            data[key] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
-
-
-def numbers(out) -> dict:
-    """The report's numbers (not its wall times)."""
-    summary = json.loads((out / "experiment.json").read_text())
-    return dict(
-        accuracy=[(r["arm"], r["benchmark"], r["accuracy"], r["eval_se"]) for r in summary["accuracy"]],
-        traces=[{k: v for k, v in t.items() if k != "generate_seconds"} for t in summary["traces"]],
-        low=summary["low_probability"],
-    )
-
-
-def ran(summary) -> list[str]:
-    return [s["stage"] for s in summary["this_run"] if s["status"] == "ran"]
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +128,7 @@ def test_several_students_give_the_cross_model_table(demo_models, task, tmp_path
     tags = [Path(student).name, Path(teacher).name]
     assert list(the_plan.trace_sets) == [f"rsd~{t}" for t in tags]
     assert the_plan.stage("analyze").config.students == [str(student), str(teacher)]
-    crossed = the_plan.stage(f"train/rsd~{tags[0]}>{tags[1]}-seed0")
+    crossed = the_plan.stage(f"train/rsd~{tags[0]}-into-{tags[1]}-seed0")
     assert crossed.config.model == str(teacher) and crossed.config.dataset.endswith(f"rsd~{tags[0]}.jsonl")
 
 
@@ -212,15 +168,19 @@ def test_a_stage_digest_follows_its_input_files_and_not_operational_options(demo
     questions.write_text((task / "train.jsonl").read_text())
     path = experiment_yaml(tmp_path / "e.yaml", demo_models, task, tmp_path / "out", questions=str(questions))
     stage = plan(load_experiment(path)).stage("generate/rsd")
-    before = digest(stage, {})
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "traces.sqlite").write_text("written by the experiment itself")
-    stage.spec["threads"], stage.spec["progress"] = 1, True
-    assert digest(stage, {}) == before, "outputs and operational options must not change the digest"
+    out = tmp_path / "out"
+    before = digest(stage, {}, out)
+    out.mkdir()
+    (out / "traces.sqlite").write_text("written by the experiment itself")
+    edited = plan(load_experiment(experiment_yaml(
+        tmp_path / "e.yaml", demo_models, task, out, questions=str(questions),
+        generate=dict(threads=1, progress=True)))).stage("generate/rsd")  # fmt: skip
+    assert digest(edited, {}, out) == before, "outputs and operational options must not change the digest"
     questions.write_text(questions.read_text().replace("What is", "What's"))  # edited in place
-    assert digest(stage, {}) != before
-    stage.spec["temperature"] = 0.5
-    assert digest(stage, {}) != before
+    assert digest(stage, {}, out) != before
+    hotter = plan(load_experiment(experiment_yaml(
+        tmp_path / "e.yaml", demo_models, task, out, questions=str(questions), generate=dict(temperature=0.5)))).stage("generate/rsd")  # fmt: skip
+    assert digest(hotter, {}, out) != digest(stage, {}, out)
 
 
 def test_a_run_left_by_a_killed_experiment_with_other_settings_is_replaced(demo_models, task, tmp_path):

@@ -29,7 +29,7 @@ def test_the_tiny_pair_differs_as_real_pairs_do(tiny_pair):
     """What the pair exists for (DESIGN §4): a shared base vocabulary, added tokens of each side's own
     (the student's <think>/</think>, a teacher-only token), embeddings padded past each tokenizer,
     two architectures."""
-    from ownwords.decoding.cache import logits_width
+    from ownwords.models.facts import logits_width
     from ownwords.models.loading import load_pair
 
     (t_model, t_tok), (s_model, s_tok) = (load_model(str(p), "cpu", "float32") for p in tiny_pair)

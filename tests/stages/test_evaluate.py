@@ -320,3 +320,64 @@ def test_seeds_of_one_arm_are_one_bar():
         "sft-teacher": ["/m/sft-teacher-seed0"],
         "Qwen3-0.6B": ["Qwen/Qwen3-0.6B"],
     }
+
+
+def test_an_edited_benchmark_file_asks_the_changed_question_again(tiny_pair, bench_files, tmp_path):
+    """Responses are kept for the questions asked the same way; a changed question (or gold) is asked
+    again, never graded against the old response."""
+    from ownwords.config import parse
+
+    math, gsm = tmp_path / "math.jsonl", tmp_path / "gsm.jsonl"
+    math.write_text(bench_files[0].read_text())
+    gsm.write_text(bench_files[1].read_text())
+    out = tmp_path / "ev"
+
+    def run():
+        evaluate(parse(EvalConfig, eval_args(tiny_pair[1], (math, gsm), out), "t"))
+        (records,) = out.glob("*/records.sqlite")
+        with TraceStore(records, create=False, write=False) as store:
+            (run,) = [r for r in store.runs() if r.startswith("gsm8k")]
+            return {(s["question_id"], s["sample_index"]): (s["question"], s["created"]) for s in store.samples(run)}
+
+    before = run()
+    rows = [json.loads(line) for line in gsm.read_text().splitlines()]
+    rows[1]["question"] = "Tom has 100 apples."
+    rows[1]["answer"] = "so\n#### 100"
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    after = run()
+    assert set(after) == set(before)
+    for (qid, i), (question, made) in after.items():
+        if qid == "1":
+            assert question.startswith("Tom has 100 apples") and made != before[(qid, i)][1]
+        else:
+            assert (question, made) == before[(qid, i)], "an unchanged question was asked again"
+    (graded,) = out.glob("*/records/gsm8k_T0.7.jsonl")
+    golds = {json.loads(line)["question_id"]: json.loads(line)["gold"] for line in graded.read_text().splitlines()}
+    assert golds["1"] == "so\n#### 100"
+
+
+def test_models_whose_names_look_alike_get_their_own_folders(tiny_pair, bench_files, tmp_path):
+    import shutil
+
+    from ownwords.stages.evaluate import model_tag
+
+    assert model_tag("x/m") != model_tag("x__m") and model_tag("x/m").startswith("m-")
+    (tmp_path / "x").mkdir()
+    shutil.copytree(tiny_pair[1], tmp_path / "x" / "m")
+    shutil.copytree(tiny_pair[1], tmp_path / "x__m")
+    out = tmp_path / "ev"
+    for model in (tmp_path / "x" / "m", tmp_path / "x__m"):
+        assert main(["eval", *eval_args(model, bench_files, out)]) == 0
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 2
+
+
+def test_duplicate_question_ids_in_eval_data_are_one_clear_line(tiny_pair, tmp_path, capsys):
+    data = tmp_path / "dup.jsonl"
+    data.write_text("".join(json.dumps({"id": "q1", "question": f"{i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    args = ["eval", "--model", str(tiny_pair[1]), "--benchmarks", "gsm8k", "--data", str(data), "--out", str(tmp_path / "o"),
+            "--max-new-tokens", "4", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "error" in x]
+    assert "question id 'q1' appears 3 times" in line and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -10,9 +10,9 @@ import torch
 
 from ownwords.cli import main
 from ownwords.config import parse
-from ownwords.decoding.cache import logits_width
 from ownwords.decoding.engine import RSD, Engine, Sampling, proposal_probs
 from ownwords.errors import UserError
+from ownwords.models.facts import logits_width
 from ownwords.models.loading import load_pair
 from ownwords.rsd.sampling import probs_from_logits, rsd_probs, rsd_sample, uniforms_for
 from ownwords.rsd.vocab import VocabAlignment

@@ -78,7 +78,7 @@ def test_every_sample_is_explained(store):
         "correct": 1,
     }
     assert report["questions"] == 4 and report["questions_covered"] == 2 and report["samples_kept"] == 2
-    assert report["questions_without_sample"] == ["q2", "q3"]
+    assert report["questions_without_sample"] == 2 and report["questions_without_sample_examples"] == ["q2", "q3"]
     assert json.loads((store.parent / "s.sqlite.default.select.json").read_text()) == report
 
 

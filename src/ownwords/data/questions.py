@@ -169,6 +169,16 @@ def questions_fingerprint(questions: list[Question]) -> str:
     return digest.hexdigest()
 
 
+def _normalised(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def overlapping(questions: list[Question], others: list[Question]) -> list[tuple[str, str]]:
+    """(id, other id) of every question asked in both sets (same text up to case and spacing)."""
+    index = {_normalised(q.question): q.id for q in others}
+    return [(q.id, index[key]) for q in questions if (key := _normalised(q.question)) in index]
+
+
 def unescape(text: str) -> str:
     """`\\n` and `\\t` written as two characters (a shell's "<think>\\n") -> newline and tab. Used for
     generation prefixes and stop strings, where a literal backslash-n is never what was meant."""

@@ -236,6 +236,21 @@ class TraceStore:
             for table in TABLES:
                 self.db.execute(f"DELETE FROM {table} WHERE run = ?", (run,))  # noqa: S608 (fixed names)
 
+    def keep_questions(self, run: str, questions: dict[str, tuple[str, str | None]], fingerprint: str) -> int:
+        """Keep the run's samples of the questions asked exactly as in `questions` ({id: (question,
+        gold answer)}); drop those of edited or removed questions (a resume asks them again), and
+        record `fingerprint` as the run's question set. Returns how many samples were dropped."""
+        stale = [(qid,) for qid, asked in self.stored_questions(run).items() if questions.get(qid) != asked]
+        config = self.require_run(run) | {"questions_sha256": fingerprint}
+        with self.db:
+            self.db.execute("BEGIN")
+            before = self.db.total_changes
+            self.db.executemany("DELETE FROM samples WHERE run = ? AND question_id = ?", [(run, *q) for q in stale])
+            dropped = self.db.total_changes - before
+            self.db.executemany("DELETE FROM selection WHERE run = ? AND question_id = ?", [(run, *q) for q in stale])
+            self.db.execute("UPDATE runs SET config = ? WHERE run = ?", (json.dumps(config, sort_keys=True), run))
+        return dropped
+
     def require_run(self, run: str) -> dict:
         """The run's config; a clear error naming the runs there are when it does not exist."""
         runs = self.runs()

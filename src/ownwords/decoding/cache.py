@@ -1,5 +1,4 @@
-"""One causal LM's KV cache / attention mask / positions for a batch of rows, and the model facts
-decoding needs (EOS ids, padding id, logits width).
+"""One causal LM's KV cache / attention mask / positions for a batch of rows.
 
 Nothing above this module touches a cache. A row's tokens sit left-padded in a shared [B, L] layout;
 appended tokens are right-aligned within each appended block, so a row that gets fewer tokens than
@@ -16,32 +15,6 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..errors import UserError
-
-
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """Every EOS id the tokenizer and the generation config name."""
-    ids: set[int] = set()
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if source is not None:
-            ids.update([source] if isinstance(source, int) else source)
-    if not ids:
-        raise UserError(
-            f"{model.name_or_path}: neither the tokenizer nor the generation config names an EOS token"
-        )
-    return ids
-
-
-def padding_id(model, tokenizer) -> int:
-    """The id to fill padding positions with (they are masked, so any real token would do): the
-    tokenizer's pad token, else its EOS token, else the generation config's first EOS id."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return candidate
-    return min(stop_token_ids(model, tokenizer))
-
-
-def logits_width(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
 
 
 class CachedBatch:

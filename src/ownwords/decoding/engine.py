@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..models.facts import logits_width, padding_id, stop_token_ids
 from ..rsd.sampling import (
     AcceptanceRule,
     RawScores,
@@ -30,7 +31,7 @@ from ..rsd.sampling import (
     uniforms_for,
 )
 from ..rsd.vocab import VocabAlignment
-from .cache import CachedBatch, logits_width, padding_id, stop_token_ids
+from .cache import CachedBatch
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,35 @@
-"""An experiment from one YAML: its arms, and the stages they expand to (nothing runs here).
+"""An experiment from one YAML: its arms, the trace sets and models they make, and the stages that
+make them (nothing runs here).
 
 The YAML names a teacher, one or more students, a question set and a list of arms; each stage's
-section is that stage's own config (the same field names as its command). Every stage config is
-built here, so a bad key or value is an error naming it before any model loads.
+section is that stage's own config (the same field names as its command). `expand` turns the arms
+into typed records -- a `TraceSet` per arm, student and round, a `ModelEntry` per base or fine-tuned
+student -- and `plan` turns those into stages. Every stage config is validated here, so a bad key or
+value is an error naming it before any model loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import read_mapping
+from ..config import OPERATIONAL as SHARED_OPERATIONAL
+from ..config import build_config, read_mapping
 from ..errors import UserError
+from ..files import file_sha256
 from ..stages.analyze import AnalyzeConfig
 from ..stages.evaluate import EvalConfig
 from ..stages.export import ExportConfig
 from ..stages.generate import PRESETS, GenerateConfig
 from ..stages.select import SelectConfig
 from ..stages.train import TrainConfig
+from .names import MAX_SEEDS_ROUNDS, MAX_SWEEP, check_name, check_plan_size, readable_tag, value_name
 
 KINDS = {
     # kind: (what it is, the generate options it fixes)
@@ -47,11 +54,22 @@ OWNED = {
     "eval": {"models", "out", "workers", "ray_address"},
     "analyze": {"students", "store", "runs", "datasets", "out"},
 }
-# Fields naming files from outside the experiment, whose content is part of a stage's digest (what
-# the experiment writes itself is covered by the digests of the stages that write it).
-INPUT_FILES = {"generate": ("questions",), "eval": ("data",)}
-# Fields that do not change a stage's result: editing them does not redo the stage.
-OPERATIONAL = {"progress", "workers", "ray_address", "threads", "disable_tqdm"}
+# Fields that are models (they enter a digest by their content fingerprint, or, when the experiment
+# makes them, by the digest of the stage that does), input files (by their bytes) and output places
+# (by their place inside the experiment folder): never by the path string, so another path to the
+# same folder, or a moved or copied folder, changes no digest.
+MODELS = {"generate": ("teacher", "student"), "train": ("model",), "eval": ("models",), "analyze": ("students",)}
+FILES = {"generate": ("questions",), "train": ("dataset",), "analyze": ("datasets",)}
+PLACES = {"generate": ("store",), "select": ("store",), "export": ("store", "out"), "train": ("output_dir",),
+          "eval": ("out",), "analyze": ("store", "out")}  # fmt: skip
+# Fields that do not change a stage's result: editing them does not redo the stage. (Batch sizes:
+# a sample's tokens do not depend on its batch-mates.)
+OPERATIONAL = {
+    "generate": {"batch_size"},
+    "train": {"disable_tqdm", "report_to", "logging_steps", "dataloader_num_workers"},
+    "eval": {"batch_size", "data", "data_dir"},  # the data enters by the files the benchmarks read
+    "analyze": {"batch_size", "chunk"},
+}
 
 
 @dataclass
@@ -61,6 +79,7 @@ class ExperimentConfig:
     questions: str
     arms: list[dict]
     out: str = "experiment"
+    name: str | None = None  # the report's title (default: the YAML file's name)
     seeds: int = 1
     rounds: int = 1
     cross_train: bool = False
@@ -69,27 +88,70 @@ class ExperimentConfig:
     sections: dict[str, dict] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Arm:
+    name: str  # after sweep expansion: "rsd", "sweep@threshold=0.03"
+    kind: str  # teacher | rsd | self
+    options: dict  # generate options of this arm
+    swept: tuple[str, Any] | None = None  # (option, value) for an arm of a sweep
+
+
+@dataclass(frozen=True)
+class TraceSet:
+    """Traces made one way: an arm's, for one student (its tokenizer writes the token ids), in one round."""
+
+    label: str  # "rsd", "rsd~student", "rsd.r2"; the store's run and the exported file's name
+    arm: Arm
+    student: str  # tag of the student
+    round: int
+    acceptor: str  # key of the model that writes and accepts the traces: the base student in round 1,
+    #               the round before's seed-0 model after it
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A base student, or a student fine-tuned on one trace set."""
+
+    key: str  # "student", "rsd-seed0", "rsd>other-seed0" (trained into another student)
+    path: str
+    student: str  # tag of the student it is a version of
+    trace_set: str | None = None  # what it was fine-tuned on (None: a base student)
+    seed: int | None = None
+    round: int = 0
+    start: str | None = None  # key of the model it was fine-tuned from
+    cross: bool = False  # fine-tuned on another student's RSD traces
+
+
 @dataclass
 class Stage:
-    """One step: `kind` runs `config`; its stamp is OUT/stages/<name>.json; `after` names the stages
-    whose results it consumes (their digests are part of its own)."""
+    """One step: `kind` runs `config` (built on first use); its stamp is OUT/stages/<name>.json.
+    `after`: the stages whose results it consumes; their digests are part of its own."""
 
     name: str
     kind: str
-    config: Any
-    spec: dict  # what the stage was asked to do (its digest is taken over this, not the dataclass)
+    spec: dict  # the config's fields as the experiment sets them
+    build: Callable[[], Any] = field(repr=False)
+    resolved: Callable[[], dict] = field(repr=False)  # every field of the config that runs
     after: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def config(self):
+        return self.build()
 
 
 @dataclass
 class Plan:
     config: ExperimentConfig
     stages: list[Stage]
-    trace_sets: dict[str, dict]  # label -> arm, kind, student, round, swept (option, value), rule, threshold
-    models: dict[str, dict]  # model key -> path, arm label (None for a base student), seed, student
+    trace_sets: dict[str, TraceSet]
+    models: dict[str, ModelEntry]
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -111,38 +173,46 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     for name, section in sections.items():
         if not isinstance(section, dict):
             raise UserError(f"{where}: section {name!r} must be a mapping of option: value")
+    data.setdefault("name", Path(path).stem)
     config = ExperimentConfig(**data, sections=sections)
     _check_top(config, where)
     return config
 
 
 def _check_top(config: ExperimentConfig, where: str) -> None:
+    def whole(x, low, high):  # a bool is an int in Python; `seeds: true` is not a number of seeds
+        return isinstance(x, int) and not isinstance(x, bool) and low <= x <= high
+
     checks = [
         (isinstance(config.arms, list) and all(isinstance(a, dict) for a in config.arms), "arms", "a list of mappings"),
-        (isinstance(config.seeds, int) and config.seeds >= 1, "seeds", "an integer >= 1"),
-        (isinstance(config.rounds, int) and config.rounds >= 1, "rounds", "an integer >= 1"),
-        (isinstance(config.workers, int) and config.workers >= 1, "workers", "an integer >= 1"),
+        (whole(config.seeds, 1, MAX_SEEDS_ROUNDS), "seeds", f"an integer in [1, {MAX_SEEDS_ROUNDS}]"),
+        (whole(config.rounds, 1, MAX_SEEDS_ROUNDS), "rounds", f"an integer in [1, {MAX_SEEDS_ROUNDS}]"),
+        (whole(config.workers, 1, 10_000), "workers", "an integer >= 1"),
         (isinstance(config.cross_train, bool), "cross_train", "true or false"),
-        (all(isinstance(s, str) for s in config.students), "students", "model paths or hub ids"),
+        (all(isinstance(s, str) and s for s in config.students), "students", "model paths or hub ids"),
+        (all(isinstance(getattr(config, k), str) for k in ("teacher", "questions", "out")), "teacher",
+         "teacher, questions and out as strings"),
+        (config.name is None or isinstance(config.name, str), "name", "a string"),
     ]  # fmt: skip
     for ok, key, expected in checks:
         if not ok:
             raise UserError(f"{where}: {key!r} is {getattr(config, key)!r}; expected {expected}")
 
 
-def expand_arms(arms: list[dict]) -> list[dict]:
-    """Each arm as {name, kind, options}; a list value of a scalar generate option is a sweep: one arm
-    per value, named ``name@field=value``."""
+def expand_arms(arms: list[dict]) -> list[Arm]:
+    """Each arm as an `Arm`; a list value of a scalar generate option is a sweep: one arm per value,
+    named ``name@option=value``. Names are checked (they become file names) and must be unique."""
     lists = {f.name for f in dataclasses.fields(GenerateConfig) if "list" in str(f.type)}
     known = {f.name for f in dataclasses.fields(GenerateConfig)}
-    out, names = [], set()
+    out: list[Arm] = []
     for i, arm in enumerate(arms):
         arm = dict(arm)
         kind = arm.pop("kind", None)
-        name = str(arm.pop("name", kind))
+        name = arm.pop("name", kind)
         where = f"arm {i + 1} ({name!r})"
         if kind not in KINDS:
             raise UserError(f"{where}: kind {kind!r} is unknown; expected one of {sorted(KINDS)}")
+        check_name(name, f"{where}: name")
         for key in arm:
             if key not in known or key in OWNED["generate"]:
                 raise UserError(f"{where}: {key!r} is not a generate option an arm may set")
@@ -151,156 +221,209 @@ def expand_arms(arms: list[dict]) -> list[dict]:
         swept = [k for k, v in arm.items() if isinstance(v, list) and k not in lists]
         if len(swept) > 1:
             raise UserError(f"{where}: sweeps {swept}; an arm sweeps one option (make one arm per sweep)")
-        values = arm[swept[0]] if swept else [None]
-        for value in values:
+        if swept and not 1 <= len(arm[swept[0]]) <= MAX_SWEEP:
+            raise UserError(f"{where}: the sweep over {swept[0]!r} has {len(arm[swept[0]])} values; give 1 to {MAX_SWEEP}")
+        for position, value in enumerate(arm[swept[0]] if swept else [None], 1):
             options = arm | ({swept[0]: value} if swept else {})
-            label = f"{name}@{swept[0]}={value}" if swept else name
-            if label in names:
-                raise UserError(f"{where}: another arm is already named {label!r}")
-            names.add(label)
-            out.append(
-                dict(name=label, kind=kind, options=options, swept=(swept[0], value) if swept else None)
-            )
+            label = check_name(f"{name}@{swept[0]}={value_name(value, position)}" if swept else name, where)
+            out.append(Arm(label, kind, options, (swept[0], value) if swept else None))
     return out
 
 
-def build(cls, values: dict, where: str, presets: dict | None = None):
-    """cls(**values), with a preset's settings under the given ones; errors name `where`."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (not an option of this stage)")
-    if presets is not None and values.get("preset"):
-        if values["preset"] not in presets:
+def expand(config: ExperimentConfig) -> tuple[list[TraceSet], dict[str, ModelEntry]]:
+    """The trace sets and models an experiment makes (pure: no file is read).
+
+    A teacher arm's traces do not depend on the student: it is generated once (with the first
+    student's tokenizer) and trained into every student, and it does not iterate over rounds. Round r
+    >= 2 of an RSD or self arm is written and accepted by the round before's seed-0 model, and each
+    seed trains from its own round-before model. `cross_train` also trains each student on the other
+    students' round-1 RSD traces."""
+    out, tags = Path(config.out), [readable_tag(s) for s in config.students]
+    if len(set(tags)) < len(tags):
+        raise UserError(f"students {config.students} have the same folder names; give each a distinct name")
+    models = {
+        tag: ModelEntry(tag, path, tag) for tag, path in zip(tags, config.students, strict=True)
+    }  # fmt: skip
+    sets: list[TraceSet] = []
+
+    def train(trace_set: TraceSet, target: str, seed: int, start: str, cross: bool = False) -> str:
+        into = "" if target == trace_set.student else f"-into-{target}"
+        key = f"{trace_set.label}{into}-seed{seed}"
+        if key in models:
+            raise UserError(f"two models would be named {key!r}; rename an arm or a student's folder")
+        models[key] = ModelEntry(key, str(out / "models" / key), target, trace_set.label, seed, trace_set.round,
+                                 start, cross)  # fmt: skip
+        return key
+
+    seeds = range(config.seeds)
+    for arm in expand_arms(config.arms):
+        if arm.kind == "teacher":
+            sets.append(TraceSet(arm.name, arm, tags[0], 1, tags[0]))
+            for tag in tags:
+                for seed in seeds:
+                    train(sets[-1], tag, seed, tag)
+            continue
+        for tag in tags:
+            start = dict.fromkeys(seeds, tag)  # each seed's starting model
+            for rnd in range(1, config.rounds + 1):
+                label = arm.name + (f"~{tag}" if len(tags) > 1 else "") + (f".r{rnd}" if rnd > 1 else "")
+                sets.append(TraceSet(label, arm, tag, rnd, start[0]))
+                own = {seed: train(sets[-1], tag, seed, start[seed]) for seed in seeds}
+                if config.cross_train and rnd == 1 and arm.kind == "rsd":
+                    for other in (t for t in tags if t != tag):
+                        for seed in seeds:
+                            train(sets[-1], other, seed, other, cross=True)
+                start = own
+    _check_unique(sets, models)
+    return sets, models
+
+
+def _check_unique(sets: list[TraceSet], models: dict[str, ModelEntry]) -> None:
+    """Labels become runs and file names: one each (an arm named `rsd.r2` would be round 2 of `rsd`,
+    one named `x@threshold=0.1` a value of the sweep `x`). Model keys are checked as they are made."""
+    seen: set[str] = set()
+    for label in (s.label for s in sets):
+        if label in seen:
             raise UserError(
-                f"{where}: preset {values['preset']!r} is unknown; expected one of {sorted(presets)}"
+                f"two trace sets would be named {label!r} (an arm's name is also another arm's round or "
+                "sweep value); rename one of the arms"
             )
-        values = presets[values["preset"]] | values
-    try:
-        return cls(**values)
-    except (UserError, ValueError, TypeError) as err:
-        raise UserError(f"{where}: {err}") from None
+        seen.add(label)
 
 
 def plan(config: ExperimentConfig) -> Plan:
     """Every stage of the experiment, in the order they run; validates every stage's config."""
-    out, sections = Path(config.out), {k: dict(config.sections.get(k, {})) for k in SECTIONS}
+    sections = {k: dict(config.sections.get(k, {})) for k in SECTIONS}
     for name, section in sections.items():
         owned = sorted(set(section) & OWNED[name])
         if owned:
             raise UserError(f"section {name!r}: {owned[0]!r} is set by the experiment itself; remove it")
-    arms = expand_arms(config.arms)
-    tags = [_tag(s) for s in config.students]
-    if len(set(tags)) < len(tags):
-        raise UserError(f"students {config.students} have the same folder names; give each a distinct name")
-    stages: list[Stage] = []
-    trace_sets, models = {}, {}
+    sets, models = expand(config)
+    check_plan_size(len(sets), len(models))
+    out = Path(config.out)
     store = str(out / "traces.sqlite")
-    for student, tag in zip(config.students, tags, strict=True):
-        models[tag] = dict(path=student, arm=None, seed=None, student=tag, round=0)
-    for arm in arms:
-        rounds = config.rounds if arm["kind"] != "teacher" else 1  # the teacher's traces do not change
-        for student, tag in zip(config.students, tags, strict=True):
-            # each seed's starting model, and the stage that trains it (None: a base student)
-            start = {seed: (student, None) for seed in range(config.seeds)}
-            for rnd in range(1, rounds + 1):
-                label = arm["name"] + (f"~{tag}" if len(tags) > 1 else "") + (f".r{rnd}" if rnd > 1 else "")
-                trace_sets[label] = dict(
-                    arm=arm["name"], kind=arm["kind"], student=tag, round=rnd, swept=arm["swept"]
-                )
-                # round 2 on: the round before's fine-tuned student (seed 0) writes and accepts
-                generator, made_by = start[0]
-                stages += _trace_stages(
-                    config, sections, arm, label, generator, store, [made_by] if made_by else []
-                )
-                made = stages[-3].config  # the generate config: the rule and value this arm ran with
-                trace_sets[label] |= dict(rule=made.rule, threshold=made.threshold)
-                targets = [(tag, start)]
-                if config.cross_train and rnd == 1 and arm["kind"] == "rsd":
-                    others = [(t, p) for p, t in zip(config.students, tags, strict=True) if t != tag]
-                    targets += [(t, {seed: (p, None) for seed in range(config.seeds)}) for t, p in others]
-                trained = {}
-                for target, begin in targets:
-                    for seed in range(config.seeds):
-                        key = f"{label}-seed{seed}" if target == tag else f"{label}>{target}-seed{seed}"
-                        path = str(out / "models" / key)
-                        models[key] = dict(path=path, arm=label, seed=seed, student=target, round=rnd)
-                        model, made_by = begin[seed]
-                        stages.append(_train_stage(sections, label, key, model, made_by, path, seed, out))
-                        if target == tag:
-                            trained[seed] = (path, f"train/{key}")
-                start = trained
-    for key, info in models.items():
-        after = [] if info["arm"] is None else [f"train/{key}"]
-        spec = sections["eval"] | dict(models=[info["path"]], out=str(out / "eval" / key))
-        spec |= dict(workers=config.workers, ray_address=config.ray_address)
-        stages.append(Stage(f"eval/{key}", "eval", build(EvalConfig, spec, "section 'eval'"), spec, after))
-    spec = sections["analyze"] | dict(
-        students=list(config.students), store=store, runs=list(trace_sets), out=str(out / "analysis")
-    )
-    after = [f"select/{label}" for label in trace_sets]
-    stages.append(Stage("analyze", "analyze", build(AnalyzeConfig, spec, "section 'analyze'"), spec, after))
-    stages.append(Stage("report", "report", None, {}, [s.name for s in stages]))
-    return Plan(config, stages, trace_sets, models)
+    train_config = _train_builder(sections["train"])
+    stages: list[Stage] = []
+    for trace_set in sets:
+        stages += _trace_stages(config, sections, trace_set, models, store)
+        for entry in models.values():
+            if entry.trace_set == trace_set.label:
+                stages.append(_train_stage(train_config, entry, models, trace_set, out))
+    for entry in models.values():
+        spec = sections["eval"] | dict(models=[entry.path], out=str(out / "eval" / entry.key),
+                                       workers=config.workers, ray_address=config.ray_address)  # fmt: skip
+        after = [] if entry.trace_set is None else [f"train/{entry.key}"]
+        stages.append(_stage(f"eval/{entry.key}", "eval", EvalConfig, spec, "section 'eval'", after))
+    scorers = [models[k].path for k in dict.fromkeys([*(m for m in models if models[m].trace_set is None),
+                                                      *(s.acceptor for s in sets)])]  # fmt: skip
+    spec = sections["analyze"] | dict(students=scorers, store=store, runs=[s.label for s in sets], out=str(out / "analysis"))
+    after = [f"select/{s.label}" for s in sets] + [f"train/{s.acceptor}" for s in sets if s.round > 1]
+    stages.append(_stage("analyze", "analyze", AnalyzeConfig, spec, "section 'analyze'", after))
+    stages.append(Stage("report", "report", {}, lambda: None, dict, [s.name for s in stages]))
+    return Plan(config, stages, {s.label: s for s in sets}, models)
 
 
-def _trace_stages(config, sections, arm, label, student, store, after) -> list[Stage]:
-    gen = sections["generate"] | arm["options"] | KINDS[arm["kind"]][1]
+def _stage(name, kind, cls, spec, where, after, presets=None) -> Stage:
+    """A stage whose config is built (and so validated) now."""
+    config = build_config(cls, spec, where, presets)
+    return Stage(name, kind, spec, lambda: config, lambda: dataclasses.asdict(config), after)
+
+
+def _trace_stages(config, sections, trace_set: TraceSet, models, store) -> list[Stage]:
+    arm, label = trace_set.arm, trace_set.label
+    acceptor = models[trace_set.acceptor]
+    gen = sections["generate"] | arm.options | KINDS[arm.kind][1]
     gen |= dict(
-        teacher=config.teacher, student=student, questions=config.questions, store=store, run=label,
+        teacher=config.teacher, student=acceptor.path, questions=config.questions, store=store, run=label,
         workers=config.workers, ray_address=config.ray_address,
     )  # fmt: skip
-    where = f"arm {arm['name']!r} (section 'generate')"
     sel = sections["select"] | dict(store=store, run=label)
-    if arm["kind"] == "self":  # every token of a self trace is the student's own: a fallback by construction
+    if arm.kind == "self":  # every token of a self trace is the student's own: a fallback by construction
         sel["max_fallback_rate"] = 1.0
-    exp = sections["export"] | dict(
-        store=store, run=label, out=str(Path(config.out) / "data" / f"{label}.jsonl")
-    )
+    exp = sections["export"] | dict(store=store, run=label, out=str(Path(config.out) / "data" / f"{label}.jsonl"))
     exp["overwrite"] = True
+    made_by = [] if acceptor.trace_set is None else [f"train/{acceptor.key}"]
     return [
-        Stage(f"generate/{label}", "generate", build(GenerateConfig, gen, where, PRESETS), gen, after),
-        Stage(f"select/{label}", "select", build(SelectConfig, sel, "section 'select'"), sel, [f"generate/{label}"]),
-        Stage(f"export/{label}", "export", build(ExportConfig, exp, "section 'export'"), exp, [f"select/{label}"]),
+        _stage(f"generate/{label}", "generate", GenerateConfig, gen, f"arm {arm.name!r} (section 'generate')",
+               made_by, PRESETS),
+        _stage(f"select/{label}", "select", SelectConfig, sel, "section 'select'", [f"generate/{label}"]),
+        _stage(f"export/{label}", "export", ExportConfig, exp, "section 'export'", [f"select/{label}"]),
     ]  # fmt: skip
 
 
-def _train_stage(sections, label, key, model, made_by, path, seed, out) -> Stage:
-    spec = sections["train"] | dict(
-        model=model, dataset=str(out / "data" / f"{label}.jsonl"), output_dir=path, seed=seed
-    )
-    after = [f"export/{label}", *([made_by] if made_by else [])]
-    return Stage(f"train/{key}", "train", build(TrainConfig, spec, "section 'train'"), spec, after)
+def _train_builder(section: dict) -> Callable[[dict], tuple[Callable, Callable]]:
+    """One train config built (and validated) now for the whole section; each training's own config
+    is built when it runs, its resolved fields taken from that one (only the wiring differs)."""
+    wiring = dict(model="<model>", dataset="<dataset>", output_dir="<output>", seed=0)
+    resolved = dataclasses.asdict(build_config(TrainConfig, section | wiring, "section 'train'"))
+
+    def for_stage(own: dict):
+        spec = section | own
+        return spec, (lambda: build_config(TrainConfig, spec, "section 'train'")), (lambda: resolved | own)
+
+    return for_stage
 
 
-def _tag(student: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", Path(student.rstrip("/")).name) or "student"
+def _train_stage(train_config, entry: ModelEntry, models, trace_set: TraceSet, out: Path) -> Stage:
+    start = models[entry.start]
+    spec, build, resolved = train_config(
+        dict(model=start.path, dataset=str(out / "data" / f"{trace_set.label}.jsonl"), output_dir=entry.path,
+             seed=entry.seed)
+    )  # fmt: skip
+    # the dataset enters by its bytes, not by the export that wrote it: an export giving the same file
+    # (an edited question whose traces were not chosen) retrains nothing
+    after = [] if start.trace_set is None else [f"train/{start.key}"]
+    return Stage(f"train/{entry.key}", "train", spec, build, resolved, after)
 
 
-def digest(stage: Stage, upstream: dict[str, str]) -> str:
-    """What the stage is asked to do and what it consumes: its spec (operational fields left out),
-    the content of every local file it names (a question set edited in place), and the digests of
-    the stages it runs after."""
-    spec = {k: v for k, v in stage.spec.items() if k not in OPERATIONAL}
-    named = _paths([spec.get(key) for key in INPUT_FILES.get(stage.kind, ())])
-    files = {p: _file_digest(p) for p in named if Path(p).is_file()}
-    payload = [stage.kind, spec, files, [upstream[a] for a in stage.after]]
+# -- digests ------------------------------------------------------------------------------------
+
+
+def digest(stage: Stage, upstream: dict[str, str], out: str | Path) -> str:
+    """What the stage is asked to do and what it consumes: its resolved config (operational fields
+    left out) with models by content fingerprint, input files by their bytes and places inside the
+    experiment folder by their place there; the digests of the stages it runs after; and the version
+    of ownwords (a release that changes a default changes what a stage does)."""
+    from .. import __version__
+
+    skip = SHARED_OPERATIONAL | OPERATIONAL.get(stage.kind, set())
+    config = {k: v for k, v in stage.resolved().items() if k not in skip}
+    canonical = _canonical(stage.kind, config, Path(out).expanduser().resolve())
+    if stage.kind == "eval":  # the files the benchmarks are read from
+        canonical["data_files"] = {b: _file(p) for b, p in sorted(stage.config.data_paths().items())}
+    payload = [stage.kind, __version__, canonical, [upstream[a] for a in stage.after]]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _paths(values) -> list[str]:
-    out = []
-    for v in values:
-        if isinstance(v, str):
-            out += [v, *v.split("=", 1)[1:]]  # eval's data entries are NAME=PATH
-        elif isinstance(v, list):
-            out += _paths(v)
+def _canonical(kind: str, config: dict, root: Path) -> dict:
+    def each(value, one):
+        return [one(v) for v in value] if isinstance(value, list) else one(value)
+
+    def place(value):
+        if not isinstance(value, str):
+            return value
+        path = Path(value).expanduser().resolve()
+        return f"<out>/{path.relative_to(root).as_posix()}" if path == root or root in path.parents else value
+
+    def model(value):
+        placed = place(value)
+        if placed != value or not isinstance(value, str):  # made by the experiment: by its stage's digest
+            return placed
+        from ..models.loading import model_fingerprint
+
+        return f"model:{model_fingerprint(value)}"
+
+    out = dict(config)
+    for key in PLACES.get(kind, ()):
+        out[key] = each(config.get(key), place)
+    for key in MODELS.get(kind, ()):
+        out[key] = each(config.get(key), model)
+    for key in FILES.get(kind, ()):
+        out[key] = each(config.get(key), _file)
     return out
 
 
-def _file_digest(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
+def _file(path):
+    if not isinstance(path, str):
+        return path
+    return f"file:{file_sha256(path)}" if Path(path).is_file() else f"missing:{Path(path).name}"

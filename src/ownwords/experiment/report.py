@@ -2,52 +2,95 @@
 
 Accuracy per arm and benchmark is the mean over SFT seeds of pass@1 at the first evaluation
 temperature, with two uncertainties: the standard deviation over seeds and the standard error over
-the evaluated questions (from the evaluation, averaged over seeds), and the change vs the student it
-was trained from.
+the evaluated questions (from the evaluation, averaged over seeds), the change vs the base student,
+and from round 2 on the change vs the round before. Trace statistics are given over every generated
+sample and over the training set (the samples `select` chose), and the low-probability share under
+the model that accepted the traces (the base student in round 1, the round before's model after).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .plan import Plan
+from ..files import display_name, write_atomically
+from ..render.text import cell, code, plot_text, pyplot
+from .plan import ModelEntry, Plan
+
+COLOURS = {"base": "#9e9e9e", "teacher": "#d9534f", "rsd": "#337ab7", "self": "#5cb85c"}
 
 
 def accuracy_rows(the_plan: Plan, results: dict) -> list[dict]:
-    """One row per (arm, student it was trained into) and benchmark; the base students first."""
-    groups: dict[tuple, list[str]] = defaultdict(list)
-    for key, info in the_plan.models.items():
-        groups[(info["arm"], info["student"])].append(key)
-    base = {info["student"]: key for key, info in the_plan.models.items() if info["arm"] is None}
+    """One row per (trace set, student it was trained into) and benchmark; the base students first."""
+    groups: dict[tuple, list[ModelEntry]] = defaultdict(list)
+    for entry in the_plan.models.values():
+        groups[(entry.trace_set, entry.student)].append(entry)
+    base = {e.student: e.key for e in the_plan.models.values() if e.trace_set is None}
     rows = []
-    for (arm, student), keys in groups.items():
-        evals = [results[f"eval/{k}"] for k in keys]
+    for (label, student), entries in groups.items():
+        evals = [results[f"eval/{e.key}"] for e in entries]
+        trace_set = the_plan.trace_sets.get(label)
         for bench in _benchmarks(evals[0]):
             per_seed = [_pass1(e, bench) for e in evals]
             mean = statistics.mean(p for p, _ in per_seed)
-            base_mean = _pass1(results[f"eval/{base[student]}"], bench)[0]
-            trace_set = the_plan.trace_sets.get(arm, {})
+            first = next(iter(evals[0][bench]["temperatures"].values()))
             rows.append(
                 dict(
-                    arm=arm or "base",
-                    kind=trace_set.get("kind", "base"),
-                    swept=trace_set.get("swept"),
-                    rule=trace_set.get("rule"),
-                    threshold=trace_set.get("threshold"),
-                    round=trace_set.get("round", 0),
+                    arm=label or "base",
+                    kind=trace_set.arm.kind if trace_set else "base",
+                    swept=list(trace_set.arm.swept) if trace_set and trace_set.arm.swept else None,
+                    rule=trace_set.arm.options.get("rule", "threshold") if trace_set else None,
+                    threshold=_threshold(the_plan, label),
+                    round=trace_set.round if trace_set else 0,
                     student=student,
+                    cross=any(e.cross for e in entries),
                     benchmark=bench,
                     accuracy=mean,
                     seed_sd=statistics.stdev(p for p, _ in per_seed) if len(per_seed) > 1 else 0.0,
                     eval_se=statistics.mean(se for _, se in per_seed),
                     seeds=[p for p, _ in per_seed],
-                    vs_base=mean - base_mean,
+                    vs_base=mean - _pass1(results[f"eval/{base[student]}"], bench)[0],
+                    eval_questions=first["questions"],
+                    eval_samples=first["samples"],
+                    training=_training(the_plan, results, entries),
                 )
             )
+    _vs_round_before(rows)
     return rows
+
+
+def _threshold(the_plan: Plan, label: str | None) -> float | None:
+    if label is None:
+        return None
+    return the_plan.stage(f"generate/{label}").resolved()["threshold"]
+
+
+def _training(the_plan: Plan, results: dict, entries: list[ModelEntry]) -> dict | None:
+    """Examples, steps, epochs and final loss of a group's trainings (means over seeds)."""
+    trained = [results[f"train/{e.key}"] for e in entries if e.trace_set is not None]
+    if not trained:
+        return None
+    batch = the_plan.stage(f"train/{entries[0].key}").resolved()["effective_batch_size"]
+    examples = trained[0]["examples"]
+    steps = statistics.mean(t["steps"] for t in trained)
+    losses = [t["final_loss"] for t in trained if t.get("final_loss") is not None]
+    return dict(examples=examples, steps=steps, epochs=steps * batch / max(examples, 1),
+                final_loss=statistics.mean(losses) if losses else None)  # fmt: skip
+
+
+def _vs_round_before(rows: list[dict]) -> None:
+    """From round 2 on: the change vs the same arm's round before (same student, same benchmark)."""
+    index = {(r["arm"], r["student"], r["benchmark"]): r for r in rows}
+    for r in rows:
+        r["vs_round_before"] = None
+        if r["round"] >= 2:
+            before = r["arm"].rsplit(".r", 1)[0] + (f".r{r['round'] - 1}" if r["round"] > 2 else "")
+            previous = index.get((before, r["student"], r["benchmark"]))
+            if previous is not None:
+                r["vs_round_before"] = r["accuracy"] - previous["accuracy"]
 
 
 def _benchmarks(result: dict) -> list[str]:
@@ -60,60 +103,84 @@ def _pass1(result: dict, bench: str) -> tuple[float, float]:
 
 
 def trace_rows(the_plan: Plan, results: dict) -> list[dict]:
-    matrix = results["analyze"]["matrix"]
+    analysis = results["analyze"]
     rows = []
-    for label, info in the_plan.trace_sets.items():
+    for label, trace_set in the_plan.trace_sets.items():
         gen, sel = results[f"generate/{label}"], results[f"select/{label}"]
-        own = _student_path(the_plan, info["student"])
+        acceptor = the_plan.models[trace_set.acceptor]
+        scored = analysis["sets"].get(label, {}).get(acceptor.path, {})
         rows.append(
             dict(
                 trace_set=label,
-                kind=info["kind"],
+                kind=trace_set.arm.kind,
+                acceptor=acceptor.key,
                 correct=sel["samples_passed"],
                 generated=sel["samples"],
                 covered=sel["questions_covered"],
                 questions=sel["questions"],
+                training_examples=sel["samples_kept"],
                 fallback_rate=gen.get("fallback_rate"),
+                training_fallback_rate=sel.get("kept_fallback_rate"),
                 tokens=gen.get("tokens"),
-                generate_seconds=results_seconds(the_plan, f"generate/{label}"),
-                low_probability=matrix.get(label, {}).get(own),
+                training_tokens=sel.get("kept_tokens"),
+                generate_seconds=_seconds(the_plan, f"generate/{label}"),
+                low_probability=scored.get("under_threshold"),
+                training_low_probability=scored.get("training_under_threshold"),
             )
         )
     return rows
 
 
-def _student_path(the_plan: Plan, tag: str) -> str:
-    return next(i["path"] for i in the_plan.models.values() if i["arm"] is None and i["student"] == tag)
-
-
-def results_seconds(the_plan: Plan, stage: str) -> float | None:
-    stamp = Path(the_plan.config.out) / "stages" / f"{stage}.json"
-    return json.loads(stamp.read_text())["seconds"] if stamp.is_file() else None
+def _seconds(the_plan: Plan, stage: str) -> float | None:
+    stamp = the_plan.out / "stages" / f"{stage}.json"
+    try:
+        return json.loads(stamp.read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def stage_costs(the_plan: Plan) -> dict[str, float]:
     costs: dict[str, float] = defaultdict(float)
     for stage in the_plan.stages:
-        seconds = results_seconds(the_plan, stage.name)
+        seconds = _seconds(the_plan, stage.name)
         if seconds is not None:
             costs[stage.kind] += seconds
     return dict(costs)
 
 
-def write_report(the_plan: Plan, results: dict) -> dict:
-    out = Path(the_plan.config.out)
+def budget(the_plan: Plan) -> str:
+    """How the arms' training budgets compare: fixed steps, or fixed epochs."""
+    trains = [s for s in the_plan.stages if s.kind == "train"]
+    if not trains:
+        return "no training"
+    resolved = trains[0].resolved()
+    if resolved.get("max_steps", -1) and resolved["max_steps"] > 0:
+        return (f"every training runs {resolved['max_steps']} optimizer steps, so arms with fewer examples see "
+                "them for more epochs")  # fmt: skip
+    return f"every training runs {resolved['num_train_epochs']:g} epochs over its own examples (steps vary)"
+
+
+def write_report(the_plan: Plan, results: dict, environment: dict) -> dict:
+    out = the_plan.out
     accuracy, traces = accuracy_rows(the_plan, results), trace_rows(the_plan, results)
+    analysis = results["analyze"]
+    config = dataclasses.asdict(the_plan.config)
     summary = dict(
+        name=the_plan.config.name,
         accuracy=accuracy,
         traces=traces,
-        low_probability=results["analyze"]["matrix"],
-        threshold=results["analyze"]["threshold"],
+        low_probability=analysis["matrix"],
+        training_low_probability=analysis["training"],
+        threshold=analysis["threshold"],
+        budget=budget(the_plan),
+        overlap=results.get("overlap", []),
         costs=stage_costs(the_plan),
+        config=config,
+        versions=environment,
     )
-    plots = [_accuracy_plot(accuracy, out / "accuracy.png")]
-    plots.append(_sweep_plot(accuracy, out / "sweep.png"))
-    (out / "experiment.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(the_plan, summary, [p for p in plots if p]))
+    plots = [accuracy_plot(accuracy, out / "accuracy.png"), sweep_plot(accuracy, out / "sweep.png")]
+    write_atomically(out / "experiment.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomically(out / "report.md", report_markdown(the_plan, summary, [p for p in plots if p]))
     return dict(report=str(out / "report.md"), rows=len(accuracy))
 
 
@@ -121,55 +188,75 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
+def _signed(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
 def report_markdown(the_plan: Plan, summary: dict, plots: list[Path]) -> str:
     config = the_plan.config
+    first = summary["accuracy"][0] if summary["accuracy"] else {}
     lines = [
-        f"# Experiment: {Path(config.out).name}",
+        f"# Experiment: {cell(config.name or the_plan.out.name)}",
         "",
-        f"Teacher `{config.teacher}`; student(s) {', '.join(f'`{s}`' for s in config.students)}; questions "
-        f"`{config.questions}`; {config.seeds} SFT seed(s), {config.rounds} round(s).",
+        f"Teacher {code(config.teacher)}; student(s) {', '.join(code(s) for s in config.students)}; questions "
+        f"{code(config.questions)}; {config.seeds} SFT seed(s), {config.rounds} round(s). Training: "
+        f"{summary['budget']}. Evaluation: {first.get('eval_questions', '–')} questions × "
+        f"{first.get('eval_samples', '–')} sample(s) per benchmark.",
         "",
+    ]
+    for o in summary["overlap"]:
+        lines += [f"**Warning:** {o['questions']} training questions are also {cell(o['benchmark'])} evaluation "
+                  "questions; those are not held out.", ""]  # fmt: skip
+    lines += [
         "## Accuracy",
         "",
         "pass@1 (the first evaluation temperature): mean over SFT seeds ± standard deviation over seeds; "
-        "± standard error over the evaluated questions; change vs the base student.",
+        "± standard error over the evaluated questions; change vs the base student (and vs the round before).",
         "",
-        "| arm | kind | student | benchmark | accuracy | ± sd (seeds) | ± se (questions) | vs base |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | kind | student | benchmark | accuracy | ± sd (seeds) | ± se (questions) | vs base | vs round before "
+        "| training examples | epochs | final loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["accuracy"]:
+        t = r["training"] or {}
+        loss = "–" if t.get("final_loss") is None else f"{t['final_loss']:.3f}"
+        epochs = "–" if not t else f"{t['epochs']:.1f}"
         lines.append(
-            f"| {r['arm']} | {r['kind']} | {r['student']} | {r['benchmark']} | {_pct(r['accuracy'])} | "
-            f"{100 * r['seed_sd']:.1f} | {100 * r['eval_se']:.1f} | {100 * r['vs_base']:+.1f} |"
+            f"| {cell(r['arm'])} | {r['kind']} | {cell(r['student'])} | {cell(r['benchmark'])} | {_pct(r['accuracy'])} | "
+            f"{100 * r['seed_sd']:.1f} | {100 * r['eval_se']:.1f} | {_signed(r['vs_base'])} | "
+            f"{_signed(r['vs_round_before'])} | {t.get('examples', '–')} | {epochs} | {loss} |"
         )
     lines += [
         "",
         "## Trace sets",
         "",
-        f"Low-probability tokens: the share of a set's tokens its own student gives under {summary['threshold']}.",
+        "Over every generated sample, and over the training set (the samples `select` chose: one per covered "
+        f"question). Low-probability tokens: the share the model that accepted the traces gives under "
+        f"{summary['threshold']:g}.",
         "",
-        "| trace set | kind | correct / generated | questions covered | fallback rate | tokens | "
-        "generate s | low-probability tokens |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trace set | kind | accepted by | correct / generated | questions covered | fallback rate (all / training) "
+        "| tokens (all / training) | low-probability tokens (all / training) | generate s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in summary["traces"]:
-        fallback = "–" if t["fallback_rate"] is None else f"{t['fallback_rate']:.3f}"
         seconds = "–" if t["generate_seconds"] is None else f"{t['generate_seconds']:.1f}"
+        fallback = " / ".join("–" if v is None else f"{v:.3f}" for v in (t["fallback_rate"], t["training_fallback_rate"]))
         lines.append(
-            f"| {t['trace_set']} | {t['kind']} | {t['correct']} / {t['generated']} | {t['covered']} / "
-            f"{t['questions']} | {fallback} | {t['tokens']} | {seconds} | {_pct(t['low_probability'])} |"
+            f"| {cell(t['trace_set'])} | {t['kind']} | {cell(t['acceptor'])} | {t['correct']} / {t['generated']} | "
+            f"{t['covered']} / {t['questions']} | {fallback} | {t['tokens']} / {t['training_tokens']} | "
+            f"{_pct(t['low_probability'])} / {_pct(t['training_low_probability'])} | {seconds} |"
         )
-    students = sorted({s for row in summary["low_probability"].values() for s in row})
+    scorers = sorted({s for row in summary["low_probability"].values() for s in row})
     lines += [
         "",
-        "## Low-probability tokens: trace sets × students",
+        "## Low-probability tokens: trace sets × models",
         "",
-        "Each trace set scored under each student (the model-specificity table when there are several).",
+        "Each trace set (every sample) scored under each base student and each round's accepting model.",
         "",
-        "| trace set | " + " | ".join(f"`{Path(s).name}`" for s in students) + " |",
-        "|---|" + "---|" * len(students),
+        "| trace set | " + " | ".join(code(display_name(s)) for s in scorers) + " |",
+        "|---|" + "---|" * len(scorers),
         *[
-            f"| {label} | " + " | ".join(_pct(row.get(s)) for s in students) + " |"
+            f"| {cell(label)} | " + " | ".join(_pct(row.get(s)) for s in scorers) + " |"
             for label, row in summary["low_probability"].items()
         ],
         "",
@@ -183,85 +270,91 @@ def report_markdown(the_plan: Plan, summary: dict, plots: list[Path]) -> str:
         "",
         *[f"![{p.stem}]({p.name})" for p in plots],
         "",
-        "* [low-probability tokens, trace sets × students](analysis/matrix.png), "
+        "* [low-probability tokens, trace sets × models](analysis/matrix.png), "
         "[token probability histogram](analysis/histogram.png), [where the unlikely tokens are](analysis/position.png)",
         "* the traces token by token: [analysis/traces.html](analysis/traces.html)",
-        "* training loss per model: `models/*/loss.png`; stage records: `stages/`",
+        "* training loss per model: `models/*/loss.png`; stage records: `stages/`; versions and the resolved "
+        "config: `experiment.json`",
         "",
     ]
     return "\n".join(lines)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _accuracy_plot(accuracy: list[dict], path: Path) -> Path:
-    """Per benchmark, one bar per (arm, student): mean over seeds ± sd, each seed a dot."""
-    plt = _plt()
+def accuracy_plot(accuracy: list[dict], path: Path) -> Path:
+    """Per benchmark a panel (at most 3 per row): one bar per (arm, student) with the sd over seeds
+    (or the se over questions for one seed) as its error bar and each seed a dot; a legend of kinds."""
+    plt = pyplot()
     benches = sorted({r["benchmark"] for r in accuracy})
-    fig, axes = plt.subplots(
-        1, len(benches), figsize=(max(5.5, 1.1 * len(accuracy) / len(benches) + 2), 4), squeeze=False
-    )
-    colours = {"base": "#9e9e9e", "teacher": "#d9534f", "rsd": "#337ab7", "self": "#5cb85c"}
-    for ax, bench in zip(axes[0], benches, strict=True):
-        rows = [r for r in accuracy if r["benchmark"] == bench]
-        for x, r in enumerate(rows):
-            mean, sd = 100 * r["accuracy"], 100 * r["seed_sd"]
-            ax.bar(x, mean, 0.6, yerr=sd, capsize=4, color=colours.get(r["kind"], "#777777"))
-            ax.plot([x] * len(r["seeds"]), [100 * s for s in r["seeds"]], "k.", alpha=0.6)
-            ax.text(x, mean + sd + 1, f"{mean:.1f}", ha="center", fontsize=8)
-        names = [
-            r["arm"] if len({q["student"] for q in rows}) == 1 else f"{r['arm']}\n→{r['student']}"
-            for r in rows
-        ]
-        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
-        ax.set(title=bench, ylabel="pass@1 (%)")
-        ax.set_ylim(0, min(100, max(100 * r["accuracy"] + 100 * r["seed_sd"] for r in rows) + 12))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    per_bench = max(len([r for r in accuracy if r["benchmark"] == b]) for b in benches)
+    cols = min(3, len(benches))
+    rows = -(-len(benches) // cols)
+    width = min(7.5, 1.6 + 0.42 * per_bench)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(width * cols, 4.4 * rows))
+    for ax, bench in zip(axes.flat, benches, strict=False):
+        bars = [r for r in accuracy if r["benchmark"] == bench]
+        several = len({r["student"] for r in bars}) > 1
+        for x, r in enumerate(bars):
+            mean = 100 * r["accuracy"]
+            error = 100 * (r["seed_sd"] if len(r["seeds"]) > 1 else r["eval_se"])
+            ax.bar(x, mean, 0.7, yerr=error, capsize=3, color=COLOURS.get(r["kind"], "#777777"))
+            ax.plot([x] * len(r["seeds"]), [100 * s for s in r["seeds"]], "k.", alpha=0.6, markersize=4)
+        names = [plot_text(f"{r['arm']} → {r['student']}" if several else r["arm"]) for r in bars]
+        ax.set_xticks(range(len(bars)), names, rotation=45, ha="right", fontsize=7)
+        ax.set(title=plot_text(bench), ylabel="pass@1 (%)")
+        ax.set_ylim(0, min(100, max(100 * r["accuracy"] for r in bars) * 1.2 + 8))
+    for ax in list(axes.flat)[len(benches):]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
+    fig.legend(handles, list(COLOURS), loc="upper right", fontsize=8, title="kind (bars: sd over seeds; one seed: se)",
+               title_fontsize=7)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 0.85 if cols == 1 else 0.92, 1))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def _sweep_plot(accuracy: list[dict], path: Path) -> Path | None:
-    """Accuracy against the swept value, one line per (benchmark, student), the base student dashed.
+def sweep_lines(accuracy: list[dict]) -> tuple[str | None, dict[tuple, list[tuple[float, dict]]]]:
+    """The swept option, and per (benchmark, student) the points (value, row) of its curve: the
+    round-1 arms trained into their own student (a cross-trained row is not on that student's curve).
     A threshold sweep also places every other RSD arm of the same rule at its threshold."""
     swept = {r["swept"][0] for r in accuracy if r["swept"]}
     if not swept:
-        return None
+        return None, {}
     option = sorted(swept)[0]
     lines: dict[tuple, list] = defaultdict(list)
-    base = {(r["benchmark"], r["student"]): r["accuracy"] for r in accuracy if r["kind"] == "base"}
     rules = {r["rule"] for r in accuracy if r["swept"] and r["swept"][0] == option}
     for r in accuracy:
-        if r["round"] != 1:
+        if r["round"] != 1 or r["cross"]:
             continue
-        if r["swept"] and r["swept"][0] == option:
+        if r["swept"] and r["swept"][0] == option and isinstance(r["swept"][1], int | float):
             lines[(r["benchmark"], r["student"])].append((float(r["swept"][1]), r))
         elif option == "threshold" and r["kind"] == "rsd" and not r["swept"] and r["rule"] in rules:
             lines[(r["benchmark"], r["student"])].append((float(r["threshold"]), r))
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    return option, {key: sorted(points, key=lambda p: p[0]) for key, points in lines.items()}
+
+
+def sweep_plot(accuracy: list[dict], path: Path) -> Path | None:
+    """Accuracy against the swept value (`sweep_lines`), one line per (benchmark, student), the base
+    student dashed."""
+    option, lines = sweep_lines(accuracy)
+    if not lines:
+        return None
+    base = {(r["benchmark"], r["student"]): r["accuracy"] for r in accuracy if r["kind"] == "base"}
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
     for (bench, student), points in sorted(lines.items()):
-        points.sort(key=lambda p: p[0])
         xs, rows = [p[0] for p in points], [p[1] for p in points]
         line = ax.errorbar(
             xs, [100 * r["accuracy"] for r in rows], yerr=[100 * r["seed_sd"] for r in rows], marker="o",
-            capsize=3, label=f"{bench} ({student})",
+            capsize=3, label=plot_text(f"{bench} ({student})"),
         )  # fmt: skip
         if (bench, student) in base:
             ax.axhline(100 * base[(bench, student)], ls="--", color=line[0].get_color(), alpha=0.6)
         if min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
-    ax.set(xlabel=option, ylabel="pass@1 (%)", title=f"{option} sweep (dashed: the base student)")
-    ax.legend(fontsize=8)
+    ax.set(xlabel=plot_text(option), ylabel="pass@1 (%)", title=plot_text(f"{option} sweep (dashed: the base student)"))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..decoding.cache import logits_width
 from ..errors import MissingInput, UserError
+from ..files import display_name, file_sha256  # noqa: F401 (display_name: part of this module's API)
 from ..rsd.vocab import VocabAlignment, align_vocabularies
+from .facts import logits_width
 
 logger = logging.getLogger(__name__)
 
@@ -103,24 +104,21 @@ def set_cpu_threads(threads: int = 0) -> int:
     return threads
 
 
-def display_name(name_or_path: str) -> str:
-    """A model as tables, plots and reports name it: a folder's last part, a hub id's name."""
-    return Path(name_or_path.rstrip("/")).name or name_or_path
+# Files a training run leaves beside a model that are not the model (their bytes change every run).
+NOT_THE_MODEL = {"train_summary.json", "loss.png", "training_args.bin", "README.md", "trainer_state.json"}
 
 
 def model_fingerprint(name_or_path: str) -> str:
-    """What was evaluated: for a local folder, a hash of its config and of every file's name, size and
-    modification time (re-saved weights change it; hashing gigabytes of weights would not pay); for a
-    hub id, the id itself (pin a revision by downloading it to a folder)."""
+    """What a model is: for a local folder, a hash of the content of its files (weights, config,
+    tokenizer; not a training's summary or plot), so new weights at the same path are a new model and
+    a moved or copied folder is the same one (hashes are memoised per file version); for a hub id,
+    the id itself (pin a revision by downloading it to a folder)."""
     local = Path(name_or_path).expanduser()
     if not local.is_dir():
         return name_or_path
     digest = hashlib.sha256()
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        stat = path.stat()
-        entry = [str(path.relative_to(local)), stat.st_size, stat.st_mtime_ns]
-        digest.update(json.dumps(entry).encode())
-    digest.update((local / "config.json").read_bytes() if (local / "config.json").is_file() else b"")
+    for path in sorted(p for p in local.iterdir() if p.is_file() and p.name not in NOT_THE_MODEL):
+        digest.update(json.dumps([path.name, file_sha256(path)]).encode())
     return digest.hexdigest()[:16]
 
 

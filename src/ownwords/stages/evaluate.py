@@ -8,6 +8,7 @@ budget (s1's budget forcing). Records are kept in a resumable SQLite store, one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data.benchmarks import REGISTRY, load_benchmark
-from ..data.questions import Question, build_prompt, thinking_markers, unescape
+from ..data.questions import Question, build_prompt, questions_fingerprint, thinking_markers, unescape
 from ..data.store import TraceStore
 from ..data.verify import extract_answer, grade
 from ..decoding.budget import generate_with_budget
@@ -29,6 +30,7 @@ from ..decoding.engine import Engine, Request, Sampling
 from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
+from ..files import write_atomically
 from ..models.loading import (
     DTYPES,
     check_device,
@@ -214,19 +216,29 @@ def evaluate(config: EvalConfig) -> dict:
     questions = {
         b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
     }
+    for bench, asked in questions.items():  # records are keyed by question id
+        seen = Counter(q.id for q in asked)
+        twice = [qid for qid, n in seen.items() if n > 1]
+        if twice:
+            raise UserError(
+                f"benchmark {bench!r} ({paths.get(bench) or 'from the hub'}): question id {twice[0]!r} appears "
+                f"{seen[twice[0]]} times ({len(twice)} ids repeat); every question needs its own id"
+            )
     results = {}
     for model_name in config.models:
         results[model_name] = _evaluate_model(config, model_name, questions)
     out = Path(config.out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "table.md").write_text(table(results, config.benchmarks) + "\n")
+    write_atomically(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_atomically(out / "table.md", table(results, config.benchmarks) + "\n")
     if len(config.models) > 1:
         plot_comparison(results, config.benchmarks, out / "comparison.png")
     return results
 
 
 def model_tag(name: str) -> str:
-    return name.strip("/").replace("/", "__").lstrip(".") or "model"
+    """A model's folder under --out: readable, and one per name (`x/m` and `x__m` are two folders)."""
+    readable = re.sub(r"[^A-Za-z0-9_.=-]+", "_", display_name(name)).lstrip("._-") or "model"
+    return f"{readable[:48]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def temperature_key(temperature: float) -> str:
@@ -268,16 +280,25 @@ def _evaluate_model(config: EvalConfig, model_name: str, questions: dict[str, li
                 per_temperature[temperature_key(temperature)] = metrics(verdicts, answers)
                 covered = [c or any(v) for c, v in zip(covered, verdicts, strict=True)]
             results[bench] = {"temperatures": per_temperature, "union_coverage": sum(covered) / len(covered)}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
 def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, questions, temperature) -> str:
     """Generate the run's missing responses into the store; returns the run's name."""
     key = temperature_key(temperature)
-    run = f"{bench}@T={key}@{subject.fingerprint[:12]}"
+    identity = _identity(config, subject, bench, temperature)
+    # one run per model and settings: records made otherwise are another run's, never mixed in
+    named = {k: v for k, v in identity.items() if k != "model"}  # the model by content, not by path
+    settings = hashlib.sha256(json.dumps(named, sort_keys=True, default=str).encode()).hexdigest()
+    run = f"{bench}@T={key}@{settings[:12]}"
     store.lock_run(run)
-    store.open_run(run, _identity(config, subject, bench, temperature))
+    asked = questions_fingerprint(questions)
+    stored = store.runs().get(run)
+    if stored is not None and stored.get("questions_sha256") != asked:  # an edited benchmark file
+        dropped = store.keep_questions(run, {q.id: (q.question, q.answer) for q in questions}, asked)
+        logger.info("eval %s: %d responses to changed or removed questions are asked again", run, dropped)
+    store.open_run(run, identity | {"questions_sha256": asked}, ignore=("questions_sha256", "model"))
     done = store.done(run)
     tok = subject.tokenizer
     requests = [
@@ -376,8 +397,9 @@ def _grade_run(config, store: TraceStore, subject: _EvalModel, bench: str, quest
     out = Path(config.out) / model_tag(subject.name) / "records"
     out.mkdir(exist_ok=True)
     temperature = store.runs()[run]["temperature"]
-    (out / f"{bench}_T{temperature_key(temperature)}.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_atomically(
+        out / f"{bench}_T{temperature_key(temperature)}.jsonl",
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
     )
     return verdicts, answers
 

@@ -3,7 +3,7 @@
 Each row: ``prompt`` = [system, user] messages exactly as at generation time, ``completion`` = one
 assistant message whose content is the generation prefix followed by the decoded trace -- so
 SFTTrainer puts the loss on the assistant turn only, whatever the chat template. Metadata columns
-(question id, sample index, token and fallback counts) ride along; the Trainer drops them.
+(question id, sample index, token and fallback counts, how the trace ended) ride along; the Trainer drops them.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def to_rows(samples: list[dict], run_config: dict) -> list[dict]:
                 sample_index=s["sample_index"],
                 n_tokens=s["n_tokens"],
                 fallback_rate=s["n_fallbacks"] / max(s["n_tokens"], 1),
+                finish_reason=s.get("finish_reason"),
             )
         )
     return rows

@@ -19,7 +19,15 @@ from ..decoding.engine import RSD, Engine, Request, Sampling
 from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..models.loading import DTYPES, check_device, load_pair, load_tokenizer, set_cpu_threads
+from ..files import write_atomically
+from ..models.loading import (
+    DTYPES,
+    check_device,
+    load_pair,
+    load_tokenizer,
+    model_fingerprint,
+    set_cpu_threads,
+)
 from ..rsd.sampling import LOGPROBS, RULES, AcceptanceRule
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,9 @@ PRESETS = {
         system_prompt=DEFAULT_SYSTEM_PROMPT,
     )
 }
-# Settings that do not change what a sample is; a run may be resumed with other values.
+# Settings that do not change what a sample is; a run may be resumed with other values. The models
+# and the questions enter a run's identity by their content (fingerprints), not by their paths, so a
+# moved or copied folder resumes and new weights at the same path do not.
 OPERATIONAL = (
     "batch_size",
     "store",
@@ -58,7 +68,11 @@ OPERATIONAL = (
     "workers",
     "ray_address",
     "threads",
+    "teacher",
+    "student",
+    "questions",
 )
+FINGERPRINTS = ("teacher_fingerprint", "student_fingerprint")
 PRESET_ACCEPTANCE_TOP_K = {"paper": 20}
 
 
@@ -253,14 +267,15 @@ def generate(config: GenerateConfig) -> dict:
     questions = load_questions(
         config.questions, config.question_field, config.answer_field, config.id_field, config.split
     )
-    identity = to_dict(config) | {"questions_sha256": questions_fingerprint(questions)}
+    identity = run_identity(config, questions)
     questions = questions[: config.limit]  # the fingerprint covers the whole set: --limit may change
     store = open_run_store(config, identity) if Path(config.store).is_file() else None
     engine = None
     try:
         engine, s_tok = open_engine(config)
         store = store or open_run_store(config, identity)
-        store.open_run(config.run, identity, ignore=OPERATIONAL)  # inputs are valid: register the run
+        exempt = identity_exempt(store.runs().get(config.run))
+        store.open_run(config.run, identity, ignore=exempt)  # inputs are valid: register the run
         requests = plan_requests(config, questions, s_tok, store.done(config.run))
         logger.info(
             "run %r: %d samples to generate, %d already in %s",
@@ -276,8 +291,25 @@ def generate(config: GenerateConfig) -> dict:
             engine.close()
         if store is not None:
             store.close()
-    summary_path(config.store, config.run).write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(summary_path(config.store, config.run), json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def run_identity(config: GenerateConfig, questions: list[Question]) -> dict:
+    """What a run's samples depend on: its settings, and the content of its models and questions."""
+    return to_dict(config) | dict(
+        questions_sha256=questions_fingerprint(questions),
+        teacher_fingerprint=model_fingerprint(config.teacher),
+        student_fingerprint=model_fingerprint(config.student),
+    )
+
+
+def identity_exempt(stored: dict | None) -> tuple[str, ...]:
+    """The keys a resume may change. A run stored before models had fingerprints is checked by its
+    model paths, as it was made."""
+    if stored is None or "student_fingerprint" in stored:
+        return OPERATIONAL
+    return tuple(k for k in OPERATIONAL if k not in ("teacher", "student")) + FINGERPRINTS
 
 
 def summary_path(store: str, run: str) -> Path:
@@ -297,7 +329,7 @@ def open_run_store(config: GenerateConfig, identity: dict) -> TraceStore:
                 "was started (their content fingerprint differs); resuming would mix two versions of the "
                 "questions in one run: restore the file, or start another run"
             )
-        store.check_run(config.run, identity, ignore=OPERATIONAL)
+        store.check_run(config.run, identity, ignore=identity_exempt(stored))
     except BaseException:
         store.close()
         raise

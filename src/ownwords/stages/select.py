@@ -19,7 +19,6 @@ import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -28,6 +27,7 @@ from ..data.questions import thinking_markers
 from ..data.store import TraceStore
 from ..data.verify import KINDS, extract_answer, grade
 from ..errors import UserError, check_fields
+from ..files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,9 @@ def select(config: SelectConfig) -> dict:
             status = "dropped" if failed else "chosen" if key in chosen else "passed"
             rows.append((*key, status, failed, answer, None if verdict is None else int(verdict)))
         questions = sorted({s["question_id"] for s in samples})
+        missing = [q for q in questions if q not in by_question]
+        kept = [s for s in samples if (s["question_id"], s["sample_index"]) in chosen]
+        kept_tokens = sum(s["n_tokens"] for s in kept)
         report = dict(
             store=config.store,
             run=config.run,
@@ -143,11 +146,14 @@ def select(config: SelectConfig) -> dict:
             samples=len(samples),
             samples_passed=sum(len(g) for g in by_question.values()),
             samples_kept=len(chosen),
+            kept_tokens=kept_tokens,
+            kept_fallback_rate=sum(s["n_fallbacks"] for s in kept) / kept_tokens if kept_tokens else None,
             dropped={name: dropped[name] for name in FILTERS},
-            questions_without_sample=[q for q in questions if q not in by_question],
+            questions_without_sample=len(missing),
+            questions_without_sample_examples=missing[:10],
         )
         store.write_selection(config.run, rows, to_dict(config), report)
-    Path(f"{config.store}.{config.run}.select.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(f"{config.store}.{config.run}.select.json", json.dumps(report, indent=2) + "\n")
     return report
 
 

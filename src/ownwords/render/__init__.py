@@ -1,0 +1,1 @@
+"""Rendering, apart from computing: pure functions from stage results to PNG, markdown and HTML."""
