@@ -255,10 +255,21 @@ def expand(config: ExperimentConfig) -> tuple[list[TraceSet], dict[str, ModelEnt
                                  start, cross)  # fmt: skip
         return key
 
+    def add(trace_set: TraceSet) -> TraceSet:
+        """Labels become runs and file names: one each (an arm named `rsd.r2` would be round 2 of
+        `rsd`, one named `x@threshold=0.1` a value of the sweep `x`)."""
+        if any(s.label == trace_set.label for s in sets):
+            raise UserError(
+                f"two trace sets would be named {trace_set.label!r} (an arm's name is also another arm's round or "
+                "sweep value); rename one of the arms"
+            )
+        sets.append(trace_set)
+        return trace_set
+
     seeds = range(config.seeds)
     for arm in expand_arms(config.arms):
         if arm.kind == "teacher":
-            sets.append(TraceSet(arm.name, arm, tags[0], 1, tags[0]))
+            add(TraceSet(arm.name, arm, tags[0], 1, tags[0]))
             for tag in tags:
                 for seed in seeds:
                     train(sets[-1], tag, seed, tag)
@@ -267,28 +278,14 @@ def expand(config: ExperimentConfig) -> tuple[list[TraceSet], dict[str, ModelEnt
             start = dict.fromkeys(seeds, tag)  # each seed's starting model
             for rnd in range(1, config.rounds + 1):
                 label = arm.name + (f"~{tag}" if len(tags) > 1 else "") + (f".r{rnd}" if rnd > 1 else "")
-                sets.append(TraceSet(label, arm, tag, rnd, start[0]))
+                add(TraceSet(label, arm, tag, rnd, start[0]))
                 own = {seed: train(sets[-1], tag, seed, start[seed]) for seed in seeds}
                 if config.cross_train and rnd == 1 and arm.kind == "rsd":
                     for other in (t for t in tags if t != tag):
                         for seed in seeds:
                             train(sets[-1], other, seed, other, cross=True)
                 start = own
-    _check_unique(sets, models)
     return sets, models
-
-
-def _check_unique(sets: list[TraceSet], models: dict[str, ModelEntry]) -> None:
-    """Labels become runs and file names: one each (an arm named `rsd.r2` would be round 2 of `rsd`,
-    one named `x@threshold=0.1` a value of the sweep `x`). Model keys are checked as they are made."""
-    seen: set[str] = set()
-    for label in (s.label for s in sets):
-        if label in seen:
-            raise UserError(
-                f"two trace sets would be named {label!r} (an arm's name is also another arm's round or "
-                "sweep value); rename one of the arms"
-            )
-        seen.add(label)
 
 
 def plan(config: ExperimentConfig) -> Plan:

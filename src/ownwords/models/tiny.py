@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +213,13 @@ def _resume(path: Path, model, optimizer, schedule, gen) -> list[float]:
     """Load a training checkpoint into the live objects; the losses so far ([] without one)."""
     if not path.is_file():
         return []
-    state = torch.load(path, weights_only=False)
+    try:  # tensors, dicts, numbers and a generator state only: never code from a file in a cache
+        state = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"training checkpoint {str(path)!r} holds more than tensors and numbers, which is not what ownwords "
+            f"writes; it is not loaded: delete it to train from the start ({str(err).splitlines()[0]})"
+        ) from None
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])

@@ -40,6 +40,7 @@ from ..models.loading import (
     model_fingerprint,
     set_cpu_threads,
 )
+from ..render.text import plot_text
 
 logger = logging.getLogger(__name__)
 
@@ -453,11 +454,11 @@ def plot_comparison(results: dict, benchmarks: list[str], path: Path) -> None:
             errors = [100 * results[arms[arm][0]][b]["temperatures"][t]["pass@1_se"] for b in benchmarks]
             label = arm
         label += f", T={t}" if len(temperatures) > 1 else ""
-        ax.bar(xs, means, width, yerr=errors, label=label, capsize=3)
+        ax.bar(xs, means, width, yerr=errors, label=plot_text(label), capsize=3)
         if len(arms[arm]) > 1:
             for x, values in zip(xs, per_seed, strict=True):
                 ax.plot([x] * len(values), values, "k.", alpha=0.6)
-    ax.set_xticks(range(len(benchmarks)), benchmarks)
+    ax.set_xticks(range(len(benchmarks)), [plot_text(b) for b in benchmarks])
     shown = f"T = {temperatures[0]}" if len(temperatures) == 1 else "several temperatures"
     ax.set(ylabel="pass@1 (%): ± sd over seeds, or ± standard error", title=f"ownwords eval ({shown})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
