@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .files import environment_error
 
 USAGE = """usage: ownwords [--debug] <command> [options]   (ownwords <command> --help for its options)
 
@@ -165,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"ownwords {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the machine's: a full disk, a read-only folder (anything else is a bug)
+        line = environment_error(err)
+        if line is None or debug:
+            raise
+        print(f"ownwords {argv[0]}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if debug:

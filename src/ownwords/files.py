@@ -3,6 +3,7 @@ atomic writes that never follow a symlink, and the cache folder."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -86,3 +87,30 @@ def read_json(path: str | Path, what: str):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{what} {str(path)!r} is damaged ({err})") from None
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create `folder` if needed and write a probe there: an output that cannot be written is an
+    error naming it before any work is done, not a traceback after it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {str(folder)!r}: cannot write there ({err.strerror or err})") from None
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def environment_error(err: BaseException) -> str | None:
+    """One line for an error of the machine rather than of ownwords (a full disk, a read-only or
+    forbidden file), or None. `--debug` still shows its traceback."""
+    if not isinstance(err, OSError) or err.errno not in FULL + DENIED:
+        return None
+    where = f" writing {err.filename!r}" if err.filename else ""
+    if err.errno in FULL:
+        return f"no space left on the device{where}: free space and run the same command again (finished work is kept)"
+    return f"permission denied{where} ({err.strerror}): make it writable, or write elsewhere"

@@ -221,3 +221,32 @@ def test_the_demo_splits_hold_the_training_questions_out(tmp_path):
 
     assert not asked("train.jsonl") & asked("test.jsonl")
     assert len((tmp_path / "test.jsonl").read_text().splitlines()) == 200
+
+
+def test_a_damaged_stamp_or_a_deleted_report_reruns_that_stage(demo_models, task, tmp_path, caplog):
+    import logging
+
+    path = experiment_yaml(tmp_path / "e.yaml", demo_models, task, tmp_path / "out",
+                           arms=[dict(name="rsd", kind="rsd")])  # fmt: skip
+    experiment(path)
+    stamp = tmp_path / "out" / "stages" / "select" / "rsd.json"
+    stamp.write_text(stamp.read_text()[:40])  # cut off mid-write
+    (tmp_path / "out" / "experiment.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        again = ran(experiment(path))
+    assert "damaged" in caplog.text and "re-running that stage" in caplog.text
+    assert "select/rsd" in again and "report" in again and "generate/rsd" not in again
+    assert json.loads(stamp.read_text())["digest"]
+
+
+def test_a_stamp_counts_only_while_what_it_wrote_exists(done, tmp_path):
+    yaml_path, copy = copy_experiment(done, tmp_path, preserve_times=True)
+    shutil.rmtree(copy / "models" / "rsd-seed0")
+    (copy / "report.md").unlink()
+    again = ran(experiment(yaml_path))
+    assert "train/rsd-seed0" in again and "report" in again
+    assert "eval/rsd-seed0" not in again  # the same training, the same weights: its evaluation stands
+    assert (copy / "models" / "rsd-seed0" / "model.safetensors").is_file() and (copy / "report.md").is_file()
+    (copy / "traces.sqlite").unlink()
+    again = ran(experiment(yaml_path))
+    assert {"generate/rsd", "select/rsd", "generate/teacher", "select/teacher"} <= set(again)

@@ -40,9 +40,8 @@ def test_a_two_arm_experiment_runs_end_to_end(finished):
 
 def test_a_rerun_does_nothing_and_an_eval_edit_reruns_only_eval_and_the_report(finished, tmp_path):
     path, out, first = finished
-    start = time.perf_counter()
     again = experiment(path)
-    assert ran(again) == [] and time.perf_counter() - start < 20
+    assert ran(again) == []
     data = yaml.safe_load(Path(path).read_text())
     data["eval"]["max_new_tokens"] = 64  # only the evaluation changes
     edited = tmp_path / "edited.yaml"

@@ -110,7 +110,8 @@ class TraceStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             if write:
                 self._probe_writable()
-            self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions only
+            # explicit transactions only; a writer in another process is waited for, not an error
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self._check_ownership()
             if write:
                 self._prepare_for_writing()
@@ -323,6 +324,13 @@ class TraceStore:
                 "INSERT OR REPLACE INTO selection_reports VALUES (?, ?, ?)",
                 (run, json.dumps(config), json.dumps(report)),
             )
+
+    def selection_report(self, run: str) -> dict | None:
+        """The report of the run's last `select` (None before one ran)."""
+        if not self._has("selection_reports"):
+            return None
+        row = self.db.execute("SELECT report FROM selection_reports WHERE run = ?", (run,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def chosen(self, run: str) -> list[dict]:
         """The run's chosen samples, in question then sample order."""

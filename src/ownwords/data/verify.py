@@ -17,6 +17,7 @@ from ..errors import UserError
 KINDS = ("math", "integer", "number", "choice")
 MAX_ANSWER_CHARS = 1000  # a longer "final answer" is not an answer; also bounds math-verify's work
 MAX_GOLD_CHARS = 200  # a longer gold without \boxed{} is a worked solution or proof: unverifiable
+MAX_EXPONENT = 100  # numbers beyond 1e100 (or under 1e-100) are not answers to compare
 BOX_RE = re.compile(r"\\(?:boxed|fbox)")
 BARE_BOX_RE = re.compile(r"\\(?:boxed|fbox) +([^\s$]{1,1000})")  # at most MAX_ANSWER_CHARS
 BRACE_RE = re.compile(r"[{}]")
@@ -109,7 +110,7 @@ def grade(response: str, gold: str, kind: str = "math", thinking_end: str | None
     if kind == "choice":
         return answer == gold_answer
     value = _to_number(answer)
-    return value is not None and value == gold_answer and (kind == "number" or value == int(value))
+    return value is not None and value == gold_answer and (kind == "number" or value == value.to_integral_value())
 
 
 def gold_value(gold: str, kind: str):
@@ -125,7 +126,7 @@ def gold_value(gold: str, kind: str):
     if kind == "number" and "####" in gold:
         gold = gold.rsplit("####", 1)[1]
     value = _to_number(gold)
-    if value is None or (kind == "integer" and value != int(value)):
+    if value is None or (kind == "integer" and value != value.to_integral_value()):
         return None
     return value
 
@@ -139,7 +140,8 @@ def _to_number(text: str) -> Decimal | None:
         value = Decimal(cleaned)
     except InvalidOperation:
         return None
-    return value if value.is_finite() else None
+    # 1e999999999 is a short string of a billion digits: no answer is that large (and int() of it hangs)
+    return value if value.is_finite() and abs(value.adjusted()) <= MAX_EXPONENT else None
 
 
 def _math_equal(gold: str, answer: str) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +35,34 @@ def import_ray():
             "more than one worker needs Ray, which is not installed: pip install 'ownwords[ray]'"
         ) from None
     return ray
+
+
+PROBE = """
+import sys, ray
+ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+ray.shutdown()
+"""
+
+
+def probe_cluster(address: str, deadline: float) -> None:
+    """Can a Ray cluster be joined at `address` within `deadline` seconds? Asked in a child process,
+    killed at the deadline: joining an unreachable address (or a port that is not Ray's) retries
+    for minutes in this one."""
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True, text=True, timeout=deadline)
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"no Ray cluster answered at ray_address {address!r} within {deadline:.0f} s (OWNWORDS_RAY_CONNECT_TIMEOUT); "
+            "check the address (`ray start --head` prints it on the head node), or leave ray_address out to start a "
+            "local instance"
+        ) from None
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"exit code {done.returncode}"
+        raise UserError(
+            f"cannot join a Ray cluster at ray_address {address!r} ({why}); start one with `ray start --head`, or "
+            "leave ray_address out to start a local instance"
+        )
 
 
 class _Worker:
@@ -69,6 +99,7 @@ class WorkerPool:
     num_gpus: float = 0  # per worker (1 with --device cuda)
     threads: int = 1  # torch threads per worker (0: torch's default)
     address: str | None = None  # an existing cluster (`ray start --head`); None: a local instance
+    connect_timeout: float = float(os.environ.get("OWNWORDS_RAY_CONNECT_TIMEOUT", 60))  # seconds to reach it
     max_failures: int = 20  # worker deaths tolerated in one run before giving up
     stats: dict = field(default_factory=lambda: dict.fromkeys(STATS, 0))
     _actors: list | None = field(default=None, init=False, repr=False)
@@ -82,6 +113,8 @@ class WorkerPool:
         ray = import_ray()
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            if self.address is not None:
+                probe_cluster(self.address, self.connect_timeout)  # ray.init itself may wait forever
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         try:
             self._actors = self._start(ray)

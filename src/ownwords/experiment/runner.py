@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..data.store import StoreError, TraceStore, hold_lock
 from ..errors import UserError
-from ..files import write_atomically
+from ..files import check_writable, write_atomically
 from .plan import ExperimentConfig, Plan, Stage, digest, load_experiment, plan
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,7 @@ def experiment(config: str | Path | ExperimentConfig) -> dict:
 
 
 def _make_folder(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"experiment folder {str(out)!r}: cannot create it ({err.strerror})") from None
+    check_writable(out, "experiment folder")
 
 
 def stamp_path(the_plan: Plan, stage: str) -> Path:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.questions import build_prompt, chat_messages, load_rows
 from ..data.store import TraceStore
 from ..errors import UserError, check_fields
-from ..files import write_atomically
+from ..files import check_writable, write_atomically
 from ..models.facts import logits_width, padding_id
 from ..models.loading import DTYPES, display_name, load_model, model_fingerprint
 from ..render.text import token_pieces
@@ -351,7 +351,7 @@ def analyze(config: AnalyzeConfig) -> dict:
 
     sets = trace_sets(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "out")
     results: dict[str, dict[str, dict]] = {name: {} for name in sets}
     shown = []  # (set, student, traces, scored, own, tokenizer) for the trace view
     for student in config.students:

@@ -30,7 +30,7 @@ from ..decoding.engine import Engine, Request, Sampling
 from ..decoding.pool import WorkerPool
 from ..decoding.records import sample_seed, trace_record
 from ..errors import UserError, check_fields
-from ..files import write_atomically
+from ..files import check_writable, write_atomically
 from ..models.loading import (
     DTYPES,
     check_device,
@@ -68,6 +68,10 @@ class EvalConfig:
     )
     top_p: float = field(default=0.95, metadata={"help": "Nucleus filter (paper: 0.95)."})
     max_new_tokens: int = field(default=7168, metadata={"help": "Maximum generated tokens per response."})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Cap on prompt + response tokens (default: none; every response may take max_new_tokens)."},
+    )
     thinking_budget: int | None = field(
         default=None, metadata={"help": "Cap thinking at n tokens, then close the block and answer."}
     )
@@ -126,6 +130,7 @@ class EvalConfig:
                 ),
                 (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
                 (self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1"),
+                (self.max_length is None or self.max_length >= 2, "max_length", "an integer >= 2"),
                 (self.thinking_budget is None or self.thinking_budget >= 1, "thinking_budget", ">= 1"),
                 (self.answer_tokens >= 1, "answer_tokens", "an integer >= 1"),
                 (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
@@ -225,6 +230,7 @@ def evaluate(config: EvalConfig) -> dict:
                 f"benchmark {bench!r} ({paths.get(bench) or 'from the hub'}): question id {twice[0]!r} appears "
                 f"{seen[twice[0]]} times ({len(twice)} ids repeat); every question needs its own id"
             )
+    check_writable(config.out, "out")
     results = {}
     for model_name in config.models:
         results[model_name] = _evaluate_model(config, model_name, questions)
@@ -314,8 +320,15 @@ def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, qu
         if (q.id, i) not in done
     ]
     sampling = Sampling(temperature, 0, config.top_p)
-    thinking = _engine(config, subject, sampling, config.thinking_budget or config.max_new_tokens)
-    answer = _engine(config, subject, sampling, config.answer_tokens) if config.thinking_budget else None
+    budget = config.thinking_budget or config.max_new_tokens
+    # without a cap, room for the longest prompt and a whole response (the engine's own default is 8192)
+    room = config.max_length or max((len(r.prompt_ids) for r in requests), default=0) + budget
+    thinking = _engine(config, subject, sampling, budget, room)
+    answer = (
+        _engine(config, subject, sampling, config.answer_tokens, room + config.answer_tokens + 16)
+        if config.thinking_budget
+        else None
+    )
     traces = generate_with_budget(thinking, requests, answer, tok, subject.thinking_end)
     by_id = {q.id: q for q in questions}
     for trace in tqdm(
@@ -325,7 +338,7 @@ def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, qu
     return run
 
 
-def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new_tokens: int):
+def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new_tokens: int, max_length: int):
     """A student-only engine here, or a pool of Ray workers each loading the model."""
     if config.workers > 1:
         factory = partial(
@@ -336,6 +349,7 @@ def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new
             sampling,
             max_new_tokens,
             config.batch_size,
+            max_length,
         )
         return WorkerPool(
             factory,
@@ -350,16 +364,18 @@ def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new
         subject.tokenizer,
         sampling=sampling,
         max_new_tokens=max_new_tokens,
+        max_length=max_length,
         batch_size=config.batch_size,
     )
 
 
 def student_engine(
-    name: str, device: str, dtype: str, sampling: Sampling, max_new_tokens: int, batch_size: int
+    name: str, device: str, dtype: str, sampling: Sampling, max_new_tokens: int, batch_size: int, max_length: int
 ) -> Engine:
     """The model loaded into a student-only engine (what each Ray worker builds)."""
     model, tokenizer = load_model(name, device, dtype)
-    return Engine(model, tokenizer, sampling=sampling, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return Engine(model, tokenizer, sampling=sampling, max_new_tokens=max_new_tokens, max_length=max_length,
+                  batch_size=batch_size)  # fmt: skip
 
 
 def _identity(config: EvalConfig, subject: _EvalModel, bench: str, temperature: float) -> dict:
@@ -371,6 +387,7 @@ def _identity(config: EvalConfig, subject: _EvalModel, bench: str, temperature: 
         temperature=temperature,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
+        max_length=config.max_length,
         thinking_budget=config.thinking_budget,
         answer_tokens=config.answer_tokens,
         system_prompt=config.system_prompt,

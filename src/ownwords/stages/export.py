@@ -92,6 +92,14 @@ def export(config: ExportConfig):
 
     with TraceStore(config.store, create=False, write=False) as store:
         rows = to_rows(store.chosen(config.run), store.require_run(config.run))
+        judged = (store.selection_report(config.run) or {}).get("samples")
+        now = store.summary(config.run)["samples"]
+    if judged is not None and now > judged:
+        logger.warning(
+            "export %s: run %r has %d samples, but `ownwords select` judged only the %d there were when it ran; "
+            "the other %d were never judged and none of them is exported: run select again",
+            config.out, config.run, now, judged, now - judged,
+        )  # fmt: skip
     if not rows:
         raise UserError(f"run {config.run!r} in {config.store!r} has no chosen sample to export")
     dataset = Dataset.from_list(rows)

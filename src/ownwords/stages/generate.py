@@ -292,6 +292,7 @@ def generate(config: GenerateConfig) -> dict:
         if store is not None:
             store.close()
     write_atomically(summary_path(config.store, config.run), json.dumps(summary, indent=2) + "\n")
+    logger.info("run %r: %d samples in %s", config.run, summary["samples"], Path(config.store).resolve())
     return summary
 
 
@@ -402,9 +403,11 @@ def plan_requests(
 
 def write_traces(config, store: TraceStore, engine, requests, by_id: dict, tokenizer) -> dict:
     """Run the engine and write each trace as it finishes; returns this call's counts."""
-    started, tokens, fallbacks = time.perf_counter(), 0, 0
+    started, tokens, fallbacks, empty = time.perf_counter(), 0, 0, []
     bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not config.progress or None)
     for trace in engine.run(requests):
+        if not trace.token_ids:
+            empty.append(trace.request.question_id)
         store.add(config.run, trace_record(trace, by_id[trace.request.question_id], tokenizer))
         tokens, fallbacks = tokens + len(trace.token_ids), fallbacks + sum(trace.fallbacks)
         bar.set_postfix(
@@ -413,6 +416,12 @@ def write_traces(config, store: TraceStore, engine, requests, by_id: dict, token
         )
         bar.update()
     bar.close()
+    if empty:
+        logger.warning(
+            "run %r: %d samples had a prompt that leaves no room under max_length %d (questions %s); they are "
+            "stored with no tokens: raise max_length", config.run, len(empty), config.max_length,
+            ", ".join(sorted(set(empty))[:5]),
+        )  # fmt: skip
     wall = time.perf_counter() - started
     return dict(
         new_samples=len(requests),

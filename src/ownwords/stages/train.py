@@ -8,6 +8,7 @@ template's prompt, and the supervised ones must start with the assistant turn's 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from trl import SFTConfig
 
 from ..data.questions import load_rows
 from ..errors import MissingInput, UserError
+from ..files import check_writable, write_atomically
 from ..models.loading import load_model, set_cpu_threads
 
 logger = logging.getLogger(__name__)
@@ -212,6 +214,7 @@ def train(config: TrainConfig) -> dict:
     from trl import SFTTrainer
 
     raw = load_traces(config.dataset)
+    check_writable(config.output_dir, "output_dir")
     if config.use_cpu or not torch.cuda.is_available():
         set_cpu_threads(config.threads)
     model, tokenizer = load_model(config.model, "cpu", "bfloat16" if config.bf16 else "float32")
@@ -225,8 +228,7 @@ def train(config: TrainConfig) -> dict:
     check_loss_mask(trainer.train_dataset, raw, tokenizer, config.mask_checks)
     start = time.perf_counter()
     trainer.train()
-    trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    _save(trainer, tokenizer, config.output_dir)
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
     summary = dict(
         steps=trainer.state.global_step,
@@ -239,9 +241,23 @@ def train(config: TrainConfig) -> dict:
     )
     if trainer.is_world_process_zero():
         out = Path(config.output_dir)
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomically(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         _plot_losses(losses, out / "loss.png")
     return summary
+
+
+def _save(trainer, tokenizer, folder: str) -> None:
+    """The model and its tokenizer; a full disk is the OSError it is (safetensors reports it as its
+    own error type), so that it is said in one line and the run can be resumed."""
+    from safetensors import SafetensorError
+
+    try:
+        trainer.save_model(folder)
+        tokenizer.save_pretrained(folder)
+    except SafetensorError as err:
+        if "No space" in str(err) or "os error 28" in str(err):
+            raise OSError(errno.ENOSPC, "No space left on device", folder) from err
+        raise
 
 
 def _plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
