@@ -97,3 +97,28 @@ def test_unknown_config_key(tiny_pair, questions_file, tmp_path, capsys):
 def test_unknown_command(capsys):
     assert main(["generat"]) == 2
     assert "unknown command 'generat'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["generate", "--teacher", "t", "--student", "s", "--tempreature", "0.5"], "did you mean --temperature?"),
+        (["generate", "--studnet", "s"], "unknown option --studnet; did you mean --student?"),
+        (["select", "--store", "s.sqlite", "--polcy", "all"], "did you mean --policy?"),
+        (["export", "--store", "s", "--ot", "o.jsonl"], "did you mean --out?"),
+        (["train", "--lr", "1e-5"], "did you mean --learning-rate?"),
+        (["eval", "--modls", "m"], "did you mean --models?"),
+        (["analyze", "--students", "s", "--datsets", "d"], "did you mean --datasets?"),
+        (["demo", "--quik"], "did you mean --quick?"),
+        (["experiment", "e.yaml", "--ot", "o"], "did you mean --out?"),
+        (["tiny", "d", "--sed", "1"], "did you mean --seed?"),
+        (["generate", "--teacher", "t", "--top-p"], "expected one argument"),
+    ],
+    ids=lambda x: x[0] if isinstance(x, list) else "",
+)
+def test_a_mistyped_flag_is_one_line_naming_the_closest_valid_one(args, expected, capsys):
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err and "usage:" not in captured.err
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"ownwords {args[0]}: error: ") and expected in line, line

@@ -68,3 +68,24 @@ def test_a_quick_demo_never_replaces_a_full_ones_results(tmp_path):
     (tmp_path / "thesis" / "thesis.tex").write_text("\\documentclass{article}\n")
     with pytest.raises(UserError, match="not empty and no demo wrote it"):
         _claim(tmp_path / "thesis", "quick")
+
+
+def test_a_second_process_waits_for_the_demo_cache_entry_being_trained(tmp_path, monkeypatch):
+    import threading
+
+    from ownwords import demo
+    from ownwords.data.store import hold_lock
+
+    scale = demo.Scale(train_questions=4, test_questions=4, samples=1, teacher_steps=2, student_steps=2, sft_epochs=1)
+    entry = demo.cache_entries(tmp_path, scale)[0]
+    other = hold_lock(entry.with_name(entry.name + ".lock"), RuntimeError("held"))  # the first process
+    waiting = threading.Event()
+    monkeypatch.setattr(demo, "_waiting", lambda path: waiting.set())
+    done = []
+    worker = threading.Thread(target=lambda: done.append(demo.tiny_pair(tmp_path, scale, fresh=False)))
+    worker.start()
+    assert waiting.wait(120), "the second process did not wait for the lock"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("teacher") and not p.name.endswith(".lock")]
+    other.close()  # the first process is done
+    worker.join(300)
+    assert done and (done[0][0] / "model.safetensors").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -93,10 +92,9 @@ def _demo(argv: list[str]) -> None:
 
 
 def _experiment(argv: list[str]) -> None:
-    from .experiment.plan import load_experiment
-    from .experiment.runner import experiment
+    from .config import ArgumentParser
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ownwords experiment",
         description="Run an experiment YAML (see recipes/experiment_paper.yaml). Re-running it skips every "
         "stage whose config and inputs are unchanged, and resumes a killed run.",
@@ -104,6 +102,9 @@ def _experiment(argv: list[str]) -> None:
     parser.add_argument("config", help="the experiment's YAML file")
     parser.add_argument("--out", help="experiment folder (overrides the YAML's `out`)")
     args = parser.parse_args(argv)
+    from .experiment.plan import load_experiment
+    from .experiment.runner import experiment
+
     config = load_experiment(args.config)
     if args.out:
         config.out = args.out
@@ -115,14 +116,14 @@ def _experiment(argv: list[str]) -> None:
 
 
 def _tiny(argv: list[str]) -> None:
-    from .models.tiny import make_tiny_pair
+    from .config import ArgumentParser
 
-    parser = argparse.ArgumentParser(
-        prog="ownwords tiny", description="Write OUTDIR/teacher and OUTDIR/student."
-    )
+    parser = ArgumentParser(prog="ownwords tiny", description="Write OUTDIR/teacher and OUTDIR/student.")
     parser.add_argument("outdir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from .models.tiny import make_tiny_pair
+
     try:
         teacher, student = make_tiny_pair(args.outdir, seed=args.seed)
     except OSError as err:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import enum
+import re
 import types
 import typing
 from pathlib import Path
@@ -153,6 +155,39 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class OneLineErrors:
+    """argparse, but a bad command line is one UserError line naming the flag (and the closest valid
+    one), not a page of usage: mixed into every parser of the CLI."""
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            raise UserError(unknown_flag(unknown.group(1), self))
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+# Names other tools use for an option, and ours (the closest spelling would not find them).
+SYNONYMS = {"--lr": "--learning-rate", "--epochs": "--num-train-epochs", "--steps": "--max-steps",
+            "--temp": "--temperature", "--n": "--samples", "--model": "--models", "--student": "--students"}  # fmt: skip
+
+
+def unknown_flag(flag: str, parser: argparse.ArgumentParser) -> str:
+    """'unknown option --tempreature; did you mean --temperature?'"""
+    name = flag.split("=", 1)[0]
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    dashed = name.replace("_", "-")
+    close = [SYNONYMS[dashed]] if SYNONYMS.get(dashed) in options else []
+    close = close or sorted(o for o in options if o.startswith(dashed) and "_" not in o)[:3]
+    close = close or difflib.get_close_matches(dashed, options, n=1, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; see {parser.prog} --help"
+    return f"unknown option {name}{hint}"
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # a prefix never stands for a whole option
+
+
 def parse(
     cls: type[C],
     argv: list[str],
@@ -161,7 +196,7 @@ def parse(
     epilog: str | None = None,
 ) -> C:
     """Build `cls` from argv (with `--config FILE` and, when `presets` is given, `--preset NAME`)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument("--preset")
     known, rest = pre.parse_known_args(argv)
@@ -176,11 +211,18 @@ def parse(
 
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(cls, prog=prog, formatter_class=_HelpFormatter, epilog=epilog)
+    class Parser(OneLineErrors, HfArgumentParser):
+        pass
+
+    parser = Parser(cls, prog=prog, formatter_class=_HelpFormatter, epilog=epilog, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file setting any of the options below; flags override it")
     _tidy_help(parser, cls)
     parser.set_defaults(**defaults)
     args = [*(["--preset", preset] if preset else []), *rest]
+    _, unknown = parser.parse_known_args(args)  # before the config is built: a typo is named as a typo
+    if unknown:
+        flag = next((a for a in unknown if a.startswith("-")), unknown[0])
+        raise UserError(unknown_flag(flag, parser) if flag.startswith("-") else f"unexpected argument {flag!r}")
     return parser.parse_args_into_dataclasses(args=args)[0]  # [1] would be the leftover --config namespace
 
 

@@ -17,9 +17,11 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.store import hold_lock
 from .errors import MissingInput, UserError
 from .experiment.plan import ExperimentConfig, load_experiment
 from .experiment.runner import experiment
@@ -176,46 +178,52 @@ def tiny_pair(cache: Path, scale: Scale, fresh: bool) -> tuple[Path, Path]:
     tokenizer = train_tokenizer(
         texts["teacher"] + texts["student"], vocab_size=600, added_tokens=("<think>", "</think>")
     )
-    paths = []
-    for name, spec, steps in (
-        ("teacher", scale.teacher, scale.teacher_steps),
-        ("student", scale.student, scale.student_steps),
-    ):
-        path = cache / f"{name}-{spec.model_type}-{spec.hidden_size}x{spec.num_hidden_layers}-{steps}steps"
-        paths.append(path)
-        checkpoint = path.with_name(path.name + ".training.pt")  # a killed demo resumes its training here
-        if fresh:
-            shutil.rmtree(path, ignore_errors=True)
-            checkpoint.unlink(missing_ok=True)
-        if (path / "model.safetensors").exists():
-            continue
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = cache_entries(cache, scale)
+    for path, (name, spec, steps) in zip(paths, _models(scale), strict=True):
+        # one process trains an entry; another waits for it, then finds it cached
+        with hold_lock(path.with_name(path.name + ".lock"), None, lambda p=path: _waiting(p)) or nullcontext():
+            _train_entry(path, name, spec, steps, tokenizer, examples, texts[name], fresh)
+    return paths[0], paths[1]
+
+
+def _models(scale: Scale) -> list[tuple[str, TinySpec, int]]:
+    return [("teacher", scale.teacher, scale.teacher_steps), ("student", scale.student, scale.student_steps)]
+
+
+def cache_entries(cache: Path, scale: Scale) -> list[Path]:
+    """The cached teacher and student of a scale, named by their architecture and training steps."""
+    return [
+        cache / f"{name}-{spec.model_type}-{spec.hidden_size}x{spec.num_hidden_layers}-{steps}steps"
+        for name, spec, steps in _models(scale)
+    ]
+
+
+def _waiting(path: Path) -> None:
+    logger.warning("demo: another process is training %s; waiting for it to finish", path)
+
+
+def _train_entry(path: Path, name: str, spec, steps: int, tokenizer, examples, texts, fresh: bool) -> None:
+    """Train one cached model (resuming its checkpoint), unless it is cached already."""
+    checkpoint = path.with_name(path.name + ".training.pt")  # a killed demo resumes its training here
+    if fresh:
+        shutil.rmtree(path, ignore_errors=True)
+        checkpoint.unlink(missing_ok=True)
+    if not (path / "model.safetensors").exists():
         model = build_model(spec, tokenizer, seed=1 if name == "teacher" else 2)
         chats = [
             tokenizer.apply_chat_template(
-                [
-                    {"role": "user", "content": f"What is {a} + {b} - {c}?"},
-                    {"role": "assistant", "content": t},
-                ],
+                [{"role": "user", "content": f"What is {a} + {b} - {c}?"}, {"role": "assistant", "content": t}],
                 tokenize=False,
             )
-            for (a, b, c), t in zip(examples, texts[name], strict=True)
+            for (a, b, c), t in zip(examples, texts, strict=True)
         ]
-        losses = fit_lm(
-            model,
-            tokenizer,
-            chats,
-            steps,
-            batch_size=16,
-            lr=3e-3,
-            checkpoint=checkpoint,
-            every=50,
-            progress=f"training the tiny {name}",
-        )
+        losses = fit_lm(model, tokenizer, chats, steps, batch_size=16, lr=3e-3, checkpoint=checkpoint, every=50,
+                        progress=f"training the tiny {name}")  # fmt: skip
         logger.info("demo %s: %d steps, loss %.3f -> %.3f", name, steps, losses[0], sum(losses[-10:]) / 10)
         tokenizer.save_pretrained(path)
         model.save_pretrained(path)  # written last: its presence marks a complete cache entry
         checkpoint.unlink()
-    return paths[0], paths[1]
 
 
 # -- the loop ---------------------------------------------------------------------------------

@@ -2,12 +2,20 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def demo_models(tmp_path_factory):
-    """The demo's tiny teacher and student, trained (about 2 minutes on 2 cores) or taken from the
-    demo's model cache: random models write no well-formed answers, so nothing would pass select."""
-    from ownwords.demo import SCALES, tiny_pair
+def demo_models(request):
+    """The demo's tiny teacher and student, trained (about 2.5 minutes on 2 idle cores) or taken from
+    the demo's model cache: random models write no well-formed answers, so nothing would pass select.
+    Training them shows its progress bars (pytest's capture is lifted for it)."""
+    import sys
 
-    return tiny_pair(_cache(), SCALES["quick"], fresh=False)
+    from ownwords.demo import SCALES, cache_entries, tiny_pair
+
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        if not all((p / "model.safetensors").exists() for p in cache_entries(_cache(), SCALES["quick"])):
+            sys.stderr.write(f"\ntraining the demo's tiny models once (cached in {_cache()})\n")
+        return tiny_pair(_cache(), SCALES["quick"], fresh=False)
+
 
 
 def _cache():

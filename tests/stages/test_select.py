@@ -129,7 +129,8 @@ def test_trl_supervises_exactly_the_assistant_turn(store, tmp_path, tiny_pair):
     dataset = export(ExportConfig(store=str(store), out=str(tmp_path / "d.jsonl")))
     student = str(tiny_pair[1])
     tokenizer = AutoTokenizer.from_pretrained(student)
-    args = SFTConfig(output_dir=str(tmp_path / "out"), report_to=[], max_length=512, use_cpu=True)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), report_to=[], max_length=512, use_cpu=True,
+                     gradient_checkpointing=None, activation_checkpointing=False)  # not the deprecated alias
     trainer = SFTTrainer(
         AutoModelForCausalLM.from_pretrained(student),
         args=args,

@@ -78,18 +78,22 @@ class StoreError(UserError):
     with another config)."""
 
 
-def hold_lock(path: Path, busy: UserError):
+def hold_lock(path: Path, busy: UserError | None, waiting=None):
     """An exclusive lock on the file `path`, held while the returned handle is open (the OS drops it
-    when the holder dies); raises `busy` if another process holds it. None where there are no file
-    locks (not POSIX)."""
+    when the holder dies). If another process holds it: raises `busy`, or, when `busy` is None, calls
+    `waiting()` and waits for it. None where there are no file locks (not POSIX)."""
     if fcntl is None:
         return None
     handle = open(path, "a+")  # noqa: SIM115 -- held open by the caller
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
-        raise busy from None
+        if busy is not None:
+            handle.close()
+            raise busy from None
+        if waiting is not None:
+            waiting()
+        fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
 
 

@@ -9,6 +9,8 @@ alone, whatever its batch-mates do.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -49,9 +51,9 @@ class CachedBatch:
             input_ids=ids,
             attention_mask=self.mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=keep,
+            **{cache_argument(self.model): self.cache},
         )
         if fresh:
             self._check_cache()
@@ -127,6 +129,12 @@ class CachedBatch:
                 f"{self.model.name_or_path}: cache layers of type {sorted(odd)} (e.g. sliding-window attention) "
                 "are not supported by the batched engine, which edits full-attention caches row by row"
             )
+
+
+def cache_argument(model) -> str:
+    """The forward's name for the KV cache: `cache` since transformers 5.24 (`past_key_values` is
+    deprecated there, to be removed in 5.40), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:

@@ -3,10 +3,12 @@ its vocabulary alignment, device checks, and the fingerprint that keys evaluatio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -43,46 +45,78 @@ def check_device(device: str) -> None:
         raise UserError(f"device {device!r}: MPS is not available on this machine")
 
 
-def _resolve(name_or_path: str) -> str:
-    """A local folder (checked to hold a model) or a hub id, as from_pretrained should get it."""
+def _resolve(name_or_path: str) -> tuple[str, bool]:
+    """(what from_pretrained should get, whether to use the local cache only). A local folder must
+    hold a model; a name that can only be a path (``./x``, ``~/x``, ``a/b/c``) and is not there is
+    said to be missing at once, never looked up on the hub. A hub id is taken from the cache when
+    the hub cannot be reached (or HF_HUB_OFFLINE is set), instead of retrying for minutes."""
     local = Path(name_or_path).expanduser()
-    if (name_or_path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").exists():
-        raise MissingInput(
-            f"model {name_or_path!r}: no such model directory (expected a folder with config.json)"
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise MissingInput(f"model {name_or_path!r}: no model in that folder (expected a config.json in it)")
+        return str(local), False
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        raise MissingInput(f"model {name_or_path!r}: no such folder ({local.resolve()} does not exist)")
+    cached = _cached(name_or_path)
+    if _offline() or not hub_reachable():
+        if cached:
+            return name_or_path, True
+        why = (
+            "HF_HUB_OFFLINE is set; download it into the cache first, or give a local model folder"
+            if _offline()
+            else "the Hugging Face Hub cannot be reached; give a local model folder (HF_HUB_OFFLINE=1: hub ids are "
+            "read from the cache, without trying the network)"
         )
-    return str(local) if local.exists() else name_or_path
+        raise MissingInput(f"model {name_or_path!r}: no such folder here, and not a cached hub model ({why})")
+    return name_or_path, False
 
 
-def _offline() -> str:
-    """Said in a loading error when HF_HUB_OFFLINE is set: a hub id then cannot be fetched."""
-    return (
-        " (HF_HUB_OFFLINE is set: only local folders and cached hub models load)"
-        if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        else ""
-    )
+def _cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 -- not a valid repo id for the cache: not cached
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+@functools.cache
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Does the Hugging Face Hub answer within `timeout` seconds? (Asked once per process.)"""
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()  # noqa: S310 (the hub's https URL)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer alone (a driver whose workers hold the models needs no more)."""
+    source, cache_only = _resolve(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(_resolve(name_or_path), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=cache_only)
     except OSError as err:  # transformers reports a missing/unreachable model as OSError
-        raise MissingInput(
-            f"could not load the tokenizer of model {name_or_path!r}{_offline()}: {err}"
-        ) from err
+        raise MissingInput(f"could not load the tokenizer of model {name_or_path!r}: {err}") from err
 
 
 def load_model(name_or_path: str, device: str, dtype: str, trust_remote_code: bool = False):
     """(model, tokenizer) from a hub id or a local directory; safetensors weights only."""
-    source = _resolve(name_or_path)
+    source, cache_only = _resolve(name_or_path)
     check_device(device)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+            source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True,
+            local_files_only=cache_only,
+        )  # fmt: skip
     except OSError as err:  # transformers reports a missing/unreachable model as OSError
-        raise MissingInput(f"could not load model {name_or_path!r}{_offline()}: {err}") from err
+        raise MissingInput(f"could not load model {name_or_path!r}: {err}") from err
     return model.to(device).eval(), tokenizer
 
 
