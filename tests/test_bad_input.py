@@ -108,7 +108,7 @@ CASES = {
     ),
     "generate: unknown model (no store created)": (
         lambda w: gen(w, "--student", str(w["root"] / "no-model"), store=w["root"] / "new.sqlite"),
-        ["no-model", "config.json"],
+        ["no-model", "no such folder", "does not exist"],
     ),
     "generate: resume with another config": (
         lambda w: gen(w, "--trials", "2"),
