@@ -28,55 +28,72 @@ commands:
 RESUMABLE = {"generate", "eval", "demo", "experiment"}
 
 
+# Each command parses its flags with its torch-free config first (`--help` and typos cost no model
+# code), then imports the stage that runs it.
+
+
 def _generate(argv: list[str]) -> None:
     from .config import parse
-    from .stages.generate import PRESETS, GenerateConfig, generate
+    from .stages.generate_config import PRESETS, GenerateConfig
 
     config = parse(GenerateConfig, argv, prog="ownwords generate", presets=PRESETS)
-    print(json.dumps(generate(config), indent=2))
+    from .stages.generate import generate
+
+    print(json.dumps(generate(config).to_json(), indent=2))
 
 
 def _select(argv: list[str]) -> None:
     from .config import parse
-    from .stages.select import SelectConfig, select
+    from .stages.select_config import SelectConfig
 
-    print(json.dumps(select(parse(SelectConfig, argv, prog="ownwords select")), indent=2))
+    config = parse(SelectConfig, argv, prog="ownwords select")
+    from .stages.select import select
+
+    print(json.dumps(select(config).to_json(), indent=2))
 
 
 def _export(argv: list[str]) -> None:
     from .config import parse
-    from .stages.export import ExportConfig, export
+    from .stages.export_config import ExportConfig
 
     config = parse(ExportConfig, argv, prog="ownwords export")
+    from .stages.export import export
+
     print(f"exported {len(export(config))} traces to {config.out}")  # the one line: the library logs nothing
 
 
 def _train(argv: list[str]) -> None:
     from .config import parse
-    from .stages.train import TrainConfig, train
+    from .stages.train_config import TrainConfig
 
     epilog = (
         "The options first in this list are ownwords' own and the s1 recipe's defaults; the rest are "
         "trl.SFTConfig's (and transformers.TrainingArguments'), see TRL's SFTConfig documentation."
     )
-    print(json.dumps(train(parse(TrainConfig, argv, prog="ownwords train", epilog=epilog)), indent=2))
+    config = parse(TrainConfig, argv, prog="ownwords train", epilog=epilog)
+    from .stages.train import train
+
+    print(json.dumps(train(config).to_json(), indent=2))
 
 
 def _eval(argv: list[str]) -> None:
     from .config import parse
-    from .stages.evaluate import EvalConfig, evaluate, table
+    from .stages.evaluate_config import EvalConfig
 
     config = parse(EvalConfig, argv, prog="ownwords eval")
+    from .stages.evaluate import evaluate, table
+
     print(table(evaluate(config), config.benchmarks))
     print(f"results in {config.out}/results.json")
 
 
 def _analyze(argv: list[str]) -> None:
     from .config import parse
-    from .stages.analyze import AnalyzeConfig, analyze
+    from .stages.analyze_config import AnalyzeConfig
 
     config = parse(AnalyzeConfig, argv, prog="ownwords analyze")
     from .render.analysis import matrix_table
+    from .stages.analyze import analyze
 
     print(matrix_table(analyze(config)))
     print(f"report in {config.out}/report.md")

@@ -7,6 +7,7 @@ transformers' `HfArgumentParser`, so every field is a flag (`--max-new-tokens` o
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import enum
@@ -21,9 +22,7 @@ import yaml
 from .errors import MissingInput, UserError
 
 C = TypeVar("C")
-# Fields of any stage that never change what it produces (progress, parallelism): a resumed run or a
-# cached experiment stage may differ in them.
-OPERATIONAL = {"progress", "workers", "ray_address", "threads", "disable_tqdm"}
+MARKS = ("operational", "resumable")  # ownwords' own keys in a field's metadata (see options.py)
 MAX_YAML_BYTES = 1 << 20  # a config of a megabyte is not a config
 
 
@@ -212,7 +211,12 @@ def parse(
     from transformers import HfArgumentParser
 
     class Parser(OneLineErrors, HfArgumentParser):
-        pass
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            """Our marks in a field's metadata (operational, resumable) are not argparse's."""
+            plain = copy.copy(field)
+            plain.metadata = types.MappingProxyType({k: v for k, v in field.metadata.items() if k not in MARKS})
+            HfArgumentParser._parse_dataclass_field(parser, plain)
 
     parser = Parser(cls, prog=prog, formatter_class=_HelpFormatter, epilog=epilog, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file setting any of the options below; flags override it")
@@ -241,3 +245,46 @@ def _tidy_help(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def to_dict(config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+class Result:
+    """A stage's result (a dataclass): attributes for code, `to_json()` for a stamp or the command's
+    output, `from_json()` back; and readable like the dict it is as JSON (`result["samples"]`), as
+    transformers' ModelOutput is, so code written against the dicts keeps working."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)]
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __eq__(self, other) -> bool:  # the subclasses are @dataclass(eq=False) to keep this
+        if isinstance(other, Result):
+            return type(self) is type(other) and self.to_json() == other.to_json()
+        if isinstance(other, dict):
+            return self.to_json() == other
+        return NotImplemented
+
+    __hash__ = None

@@ -149,13 +149,17 @@ def test_round_two_traces_are_measured_under_the_model_that_accepted_them(demo_m
     assert acceptor.key == "rsd-seed0"
     assert acceptor.path in the_plan.stage("analyze").config.students
     base = next(m.path for m in the_plan.models.values() if m.trace_set is None)
-    results = {
-        "analyze": dict(sets={"rsd": {base: dict(under_threshold=0.03, training_under_threshold=0.02)},
-                              "rsd.r2": {base: dict(under_threshold=0.033, training_under_threshold=0.03),
-                                         acceptor.path: dict(under_threshold=0.0135, training_under_threshold=0.01)}}),
-        **{f"{k}/{label}": dict(samples_passed=1, samples=2, questions_covered=1, questions=1, samples_kept=1)
-           for label in ("rsd", "rsd.r2") for k in ("generate", "select")},
-    }  # fmt: skip
+    from ownwords.stages.analyze_config import AnalyzeResult
+    from ownwords.stages.generate_config import GenerateResult
+    from ownwords.stages.select_config import SelectResult
+
+    summary = {"rsd": {base: dict(under_threshold=0.03, training_under_threshold=0.02)},
+               "rsd.r2": {base: dict(under_threshold=0.033, training_under_threshold=0.03),
+                          acceptor.path: dict(under_threshold=0.0135, training_under_threshold=0.01)}}  # fmt: skip
+    results = {"analyze": AnalyzeResult(0.01, [], {}, {}, {}, summary)}
+    for label in ("rsd", "rsd.r2"):
+        results[f"generate/{label}"] = GenerateResult(label, "s", 2, 1, 20, 0.1, {})
+        results[f"select/{label}"] = SelectResult("s", label, "shortest", None, 1, 1, 2, 1, 1, 10, 0.1, {}, 0, [])
     rows = {r["trace_set"]: r for r in trace_rows(the_plan, results)}
     assert rows["rsd.r2"]["low_probability"] == 0.0135 and rows["rsd.r2"]["acceptor"] == "rsd-seed0"
     assert rows["rsd"]["low_probability"] == 0.03

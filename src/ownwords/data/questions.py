@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MissingInput, UserError
+from ..options import unescape  # noqa: F401 (part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -177,12 +178,6 @@ def overlapping(questions: list[Question], others: list[Question]) -> list[tuple
     """(id, other id) of every question asked in both sets (same text up to case and spacing)."""
     index = {_normalised(q.question): q.id for q in others}
     return [(q.id, index[key]) for q in questions if (key := _normalised(q.question)) in index]
-
-
-def unescape(text: str) -> str:
-    """`\\n` and `\\t` written as two characters (a shell's "<think>\\n") -> newline and tab. Used for
-    generation prefixes and stop strings, where a literal backslash-n is never what was meant."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def thinking_markers(tokenizer, prompt: str) -> tuple[str, str] | None:

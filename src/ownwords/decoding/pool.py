@@ -206,3 +206,24 @@ class WorkerPool:
                 raise UserError(f"worker {i} (pid {pid}) could not load its models: {error}")
         logger.info("%d Ray workers ready", len(actors))
         return actors
+
+
+def engine_or_pool(factory: Callable[[], Engine], run, local: Callable[[], Engine] | None = None):
+    """The one place an engine or a pool is made: `run.workers` > 1 gives a pool of Ray workers each
+    building its engine with `factory` (picklable; one GPU each with a cuda device); otherwise the
+    engine here, from `local` (models this process has loaded) or `factory`, with the CPU threads set.
+    run: a config with workers, ray_address, batch_size, device and threads."""
+    if run.workers > 1:
+        return WorkerPool(
+            factory,
+            run.workers,
+            chunk=2 * run.batch_size,
+            num_gpus=1 if run.device.startswith("cuda") else 0,
+            threads=run.threads or 1,
+            address=run.ray_address,
+        )
+    if not run.device.startswith("cuda"):
+        from ..models.loading import set_cpu_threads
+
+        set_cpu_threads(run.threads)
+    return (local or factory)()

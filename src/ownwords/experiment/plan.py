@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import OPERATIONAL as SHARED_OPERATIONAL
 from ..config import build_config, read_mapping
 from ..errors import UserError
 from ..files import file_sha256
+from ..options import marked
 from ..stages.analyze import AnalyzeConfig
 from ..stages.evaluate import EvalConfig
 from ..stages.export import ExportConfig
@@ -62,14 +62,8 @@ MODELS = {"generate": ("teacher", "student"), "train": ("model",), "eval": ("mod
 FILES = {"generate": ("questions",), "train": ("dataset",), "analyze": ("datasets",)}
 PLACES = {"generate": ("store",), "select": ("store",), "export": ("store", "out"), "train": ("output_dir",),
           "eval": ("out",), "analyze": ("store", "out")}  # fmt: skip
-# Fields that do not change a stage's result: editing them does not redo the stage. (Batch sizes:
-# a sample's tokens do not depend on its batch-mates.)
-OPERATIONAL = {
-    "generate": {"batch_size"},
-    "train": {"disable_tqdm", "report_to", "logging_steps", "dataloader_num_workers"},
-    "eval": {"batch_size", "data", "data_dir"},  # the data enters by the files the benchmarks read
-    "analyze": {"batch_size", "chunk"},
-}
+# Eval's data enters its digest by the files the benchmarks read, not by how they were named.
+BY_FILES = {"eval": {"data", "data_dir"}}
 
 
 @dataclass
@@ -130,6 +124,7 @@ class Stage:
     name: str
     kind: str
     spec: dict  # the config's fields as the experiment sets them
+    cls: type | None  # the config's class (its fields' marks say which are operational)
     build: Callable[[], Any] = field(repr=False)
     resolved: Callable[[], dict] = field(repr=False)  # every field of the config that runs
     after: list[str] = field(default_factory=list)
@@ -316,14 +311,14 @@ def plan(config: ExperimentConfig) -> Plan:
     spec = sections["analyze"] | dict(students=scorers, store=store, runs=[s.label for s in sets], out=str(out / "analysis"))
     after = [f"select/{s.label}" for s in sets] + [f"train/{s.acceptor}" for s in sets if s.round > 1]
     stages.append(_stage("analyze", "analyze", AnalyzeConfig, spec, "section 'analyze'", after))
-    stages.append(Stage("report", "report", {}, lambda: None, dict, [s.name for s in stages]))
+    stages.append(Stage("report", "report", {}, None, lambda: None, dict, [s.name for s in stages]))
     return Plan(config, stages, {s.label: s for s in sets}, models)
 
 
 def _stage(name, kind, cls, spec, where, after, presets=None) -> Stage:
     """A stage whose config is built (and so validated) now."""
     config = build_config(cls, spec, where, presets)
-    return Stage(name, kind, spec, lambda: config, lambda: dataclasses.asdict(config), after)
+    return Stage(name, kind, spec, cls, lambda: config, lambda: dataclasses.asdict(config), after)
 
 
 def _trace_stages(config, sections, trace_set: TraceSet, models, store) -> list[Stage]:
@@ -370,7 +365,7 @@ def _train_stage(train_config, entry: ModelEntry, models, trace_set: TraceSet, o
     # the dataset enters by its bytes, not by the export that wrote it: an export giving the same file
     # (an edited question whose traces were not chosen) retrains nothing
     after = [] if start.trace_set is None else [f"train/{start.key}"]
-    return Stage(f"train/{entry.key}", "train", spec, build, resolved, after)
+    return Stage(f"train/{entry.key}", "train", spec, TrainConfig, build, resolved, after)
 
 
 # -- digests ------------------------------------------------------------------------------------
@@ -383,7 +378,7 @@ def digest(stage: Stage, upstream: dict[str, str], out: str | Path) -> str:
     of ownwords (a release that changes a default changes what a stage does)."""
     from .. import __version__
 
-    skip = SHARED_OPERATIONAL | OPERATIONAL.get(stage.kind, set())
+    skip = (marked(stage.cls, "operational") if stage.cls else set()) | BY_FILES.get(stage.kind, set())
     config = {k: v for k, v in stage.resolved().items() if k not in skip}
     canonical = _canonical(stage.kind, config, Path(out).expanduser().resolve())
     if stage.kind == "eval":  # the files the benchmarks are read from

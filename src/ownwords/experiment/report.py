@@ -14,13 +14,26 @@ import dataclasses
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import Result
 from ..files import display_name, write_atomically
 from ..render.text import cell, code, plot_text, pyplot
+from ..stages.analyze_config import AnalyzeResult
+from ..stages.evaluate_config import ModelEval
+from ..stages.generate_config import GenerateResult
+from ..stages.select_config import SelectResult
+from ..stages.train_config import TrainResult
 from .plan import ModelEntry, Plan
 
 COLOURS = {"base": "#9e9e9e", "teacher": "#d9534f", "rsd": "#337ab7", "self": "#5cb85c"}
+
+
+@dataclass(eq=False)
+class ReportResult(Result):
+    report: str  # the path of report.md
+    rows: int  # accuracy rows
 
 
 def accuracy_rows(the_plan: Plan, results: dict) -> list[dict]:
@@ -31,12 +44,12 @@ def accuracy_rows(the_plan: Plan, results: dict) -> list[dict]:
     base = {e.student: e.key for e in the_plan.models.values() if e.trace_set is None}
     rows = []
     for (label, student), entries in groups.items():
-        evals = [results[f"eval/{e.key}"] for e in entries]
+        evals: list[ModelEval] = [results[f"eval/{e.key}"] for e in entries]
         trace_set = the_plan.trace_sets.get(label)
-        for bench in _benchmarks(evals[0]):
-            per_seed = [_pass1(e, bench) for e in evals]
+        for bench in evals[0].benchmarks:
+            per_seed = [e.pass1(bench) for e in evals]
             mean = statistics.mean(p for p, _ in per_seed)
-            first = next(iter(evals[0][bench]["temperatures"].values()))
+            questions, samples = evals[0].size(bench)
             rows.append(
                 dict(
                     arm=label or "base",
@@ -52,9 +65,9 @@ def accuracy_rows(the_plan: Plan, results: dict) -> list[dict]:
                     seed_sd=statistics.stdev(p for p, _ in per_seed) if len(per_seed) > 1 else 0.0,
                     eval_se=statistics.mean(se for _, se in per_seed),
                     seeds=[p for p, _ in per_seed],
-                    vs_base=mean - _pass1(results[f"eval/{base[student]}"], bench)[0],
-                    eval_questions=first["questions"],
-                    eval_samples=first["samples"],
+                    vs_base=mean - results[f"eval/{base[student]}"].pass1(bench)[0],
+                    eval_questions=questions,
+                    eval_samples=samples,
                     training=_training(the_plan, results, entries),
                 )
             )
@@ -70,13 +83,13 @@ def _threshold(the_plan: Plan, label: str | None) -> float | None:
 
 def _training(the_plan: Plan, results: dict, entries: list[ModelEntry]) -> dict | None:
     """Examples, steps, epochs and final loss of a group's trainings (means over seeds)."""
-    trained = [results[f"train/{e.key}"] for e in entries if e.trace_set is not None]
+    trained: list[TrainResult] = [results[f"train/{e.key}"] for e in entries if e.trace_set is not None]
     if not trained:
         return None
     batch = the_plan.stage(f"train/{entries[0].key}").resolved()["effective_batch_size"]
-    examples = trained[0]["examples"]
-    steps = statistics.mean(t["steps"] for t in trained)
-    losses = [t["final_loss"] for t in trained if t.get("final_loss") is not None]
+    examples = trained[0].examples
+    steps = statistics.mean(t.steps for t in trained)
+    losses = [t.final_loss for t in trained if t.final_loss is not None]
     return dict(examples=examples, steps=steps, epochs=steps * batch / max(examples, 1),
                 final_loss=statistics.mean(losses) if losses else None)  # fmt: skip
 
@@ -93,36 +106,28 @@ def _vs_round_before(rows: list[dict]) -> None:
                 r["vs_round_before"] = r["accuracy"] - previous["accuracy"]
 
 
-def _benchmarks(result: dict) -> list[str]:
-    return [k for k, v in result.items() if isinstance(v, dict) and "temperatures" in v]
-
-
-def _pass1(result: dict, bench: str) -> tuple[float, float]:
-    first = next(iter(result[bench]["temperatures"].values()))
-    return first["pass@1"], first["pass@1_se"]
-
-
 def trace_rows(the_plan: Plan, results: dict) -> list[dict]:
-    analysis = results["analyze"]
+    analysis: AnalyzeResult = results["analyze"]
     rows = []
     for label, trace_set in the_plan.trace_sets.items():
-        gen, sel = results[f"generate/{label}"], results[f"select/{label}"]
+        gen: GenerateResult = results[f"generate/{label}"]
+        sel: SelectResult = results[f"select/{label}"]
         acceptor = the_plan.models[trace_set.acceptor]
-        scored = analysis["sets"].get(label, {}).get(acceptor.path, {})
+        scored = analysis.summary.get(label, {}).get(acceptor.path, {})
         rows.append(
             dict(
                 trace_set=label,
                 kind=trace_set.arm.kind,
                 acceptor=acceptor.key,
-                correct=sel["samples_passed"],
-                generated=sel["samples"],
-                covered=sel["questions_covered"],
-                questions=sel["questions"],
-                training_examples=sel["samples_kept"],
-                fallback_rate=gen.get("fallback_rate"),
-                training_fallback_rate=sel.get("kept_fallback_rate"),
-                tokens=gen.get("tokens"),
-                training_tokens=sel.get("kept_tokens"),
+                correct=sel.samples_passed,
+                generated=sel.samples,
+                covered=sel.questions_covered,
+                questions=sel.questions,
+                training_examples=sel.samples_kept,
+                fallback_rate=gen.fallback_rate,
+                training_fallback_rate=sel.kept_fallback_rate,
+                tokens=gen.tokens,
+                training_tokens=sel.kept_tokens,
                 generate_seconds=_seconds(the_plan, f"generate/{label}"),
                 low_probability=scored.get("under_threshold"),
                 training_low_probability=scored.get("training_under_threshold"),
@@ -160,18 +165,18 @@ def budget(the_plan: Plan) -> str:
     return f"every training runs {resolved['num_train_epochs']:g} epochs over its own examples (steps vary)"
 
 
-def write_report(the_plan: Plan, results: dict, environment: dict) -> dict:
+def write_report(the_plan: Plan, results: dict, environment: dict) -> ReportResult:
     out = the_plan.out
     accuracy, traces = accuracy_rows(the_plan, results), trace_rows(the_plan, results)
-    analysis = results["analyze"]
+    analysis: AnalyzeResult = results["analyze"]
     config = dataclasses.asdict(the_plan.config)
     summary = dict(
         name=the_plan.config.name,
         accuracy=accuracy,
         traces=traces,
-        low_probability=analysis["matrix"],
-        training_low_probability=analysis["training"],
-        threshold=analysis["threshold"],
+        low_probability=analysis.matrix,
+        training_low_probability=analysis.training_matrix,
+        threshold=analysis.threshold,
         budget=budget(the_plan),
         overlap=results.get("overlap", []),
         costs=stage_costs(the_plan),
@@ -181,7 +186,7 @@ def write_report(the_plan: Plan, results: dict, environment: dict) -> dict:
     plots = [accuracy_plot(accuracy, out / "accuracy.png"), sweep_plot(accuracy, out / "sweep.png")]
     write_atomically(out / "experiment.json", json.dumps(summary, indent=2, default=str) + "\n")
     write_atomically(out / "report.md", report_markdown(the_plan, summary, [p for p in plots if p]))
-    return dict(report=str(out / "report.md"), rows=len(accuracy))
+    return ReportResult(report=str(out / "report.md"), rows=len(accuracy))
 
 
 def _pct(x: float | None) -> str:

@@ -75,12 +75,13 @@ def _bring_up_to_date(stage: Stage, wanted: str, the_plan: Plan, results: dict) 
     old = read_stamp(stamp)
     if old is not None and old["digest"] == wanted:
         if outputs_exist(stage, the_plan):
-            return "skipped", old["result"], old["seconds"]
+            return "skipped", result_type(stage.kind).from_json(old["result"]), old["seconds"]
         logger.warning("experiment: what %s wrote is gone; running it again", stage.name)
     start = time.perf_counter()
     result = RUNNERS[stage.kind](stage, the_plan, results)
     seconds = time.perf_counter() - start
-    record = dict(digest=wanted, kind=stage.kind, spec=stage.spec, after=stage.after, result=result, seconds=seconds)
+    record = dict(digest=wanted, kind=stage.kind, spec=stage.spec, after=stage.after, result=result.to_json(),
+                  seconds=seconds)  # fmt: skip
     write_atomically(stamp, json.dumps(record, indent=2, default=str) + "\n")
     return "ran", result, seconds
 
@@ -121,8 +122,7 @@ def _generate(stage: Stage, the_plan: Plan, results: dict) -> dict:
                 )
                 _reconcile(store, config, stored, run_identity(config, questions), identity_exempt(stored),
                            questions, questions_fingerprint(questions))  # fmt: skip
-    summary = generate(config)
-    return {k: v for k, v in summary.items() if not isinstance(v, dict | list)}
+    return generate(config)
 
 
 def _reconcile(store: TraceStore, config, stored: dict, identity: dict, exempt, questions, fingerprint) -> None:
@@ -145,11 +145,10 @@ def _select(stage: Stage, the_plan: Plan, results: dict) -> dict:
     return select(stage.config)
 
 
-def _export(stage: Stage, the_plan: Plan, results: dict) -> dict:
-    from ..stages.export import export
+def _export(stage: Stage, the_plan: Plan, results: dict):
+    from ..stages.export import ExportResult, export
 
-    dataset = export(stage.config)
-    return dict(rows=len(dataset), path=stage.config.out)
+    return ExportResult(rows=len(export(stage.config)), path=stage.config.out)
 
 
 def _train(stage: Stage, the_plan: Plan, results: dict) -> dict:
@@ -158,18 +157,19 @@ def _train(stage: Stage, the_plan: Plan, results: dict) -> dict:
     return train(stage.config)  # a killed training starts again from its base model
 
 
-def _eval(stage: Stage, the_plan: Plan, results: dict) -> dict:
+def _eval(stage: Stage, the_plan: Plan, results: dict):
     from ..stages.evaluate import evaluate
+    from ..stages.evaluate_config import ModelEval
 
-    return evaluate(stage.config)[stage.config.models[0]]  # records of other settings are other runs
+    return ModelEval.of(evaluate(stage.config)[stage.config.models[0]])  # records of other settings: other runs
 
 
-def _analyze(stage: Stage, the_plan: Plan, results: dict) -> dict:
+def _analyze(stage: Stage, the_plan: Plan, results: dict):
+    import dataclasses
+
     from ..stages.analyze import analyze
 
-    analysis = analyze(stage.config)
-    return dict(matrix=analysis["matrix"], training=analysis["training_matrix"], threshold=analysis["threshold"],
-                sets=analysis["summary"])  # fmt: skip
+    return dataclasses.replace(analyze(stage.config), sets={})  # the report reads the summary; the rest is in OUT
 
 
 def _report(stage: Stage, the_plan: Plan, results: dict) -> dict:
@@ -180,6 +180,20 @@ def _report(stage: Stage, the_plan: Plan, results: dict) -> dict:
 
 RUNNERS = dict(generate=_generate, select=_select, export=_export, train=_train, eval=_eval, analyze=_analyze,
                report=_report)  # fmt: skip
+
+
+def result_type(kind: str):
+    """The result type of a stage kind (a stamp's result is its to_json())."""
+    from ..stages.analyze_config import AnalyzeResult
+    from ..stages.evaluate_config import ModelEval
+    from ..stages.export_config import ExportResult
+    from ..stages.generate_config import GenerateResult
+    from ..stages.select_config import SelectResult
+    from ..stages.train_config import TrainResult
+    from .report import ReportResult
+
+    return dict(generate=GenerateResult, select=SelectResult, export=ExportResult, train=TrainResult, eval=ModelEval,
+                analyze=AnalyzeResult, report=ReportResult)[kind]  # fmt: skip
 
 
 def environment() -> dict:

@@ -14,18 +14,18 @@ MAX_LINES = 6  # a line plot with more lines than this is a heat map (readable a
 
 def matrix_table(analysis: dict) -> str:
     """Markdown: trace sets x students, the share of tokens under p_th."""
-    students = analysis["students"]
+    students = analysis.students
     lines = [
         f"| trace set | {' | '.join(cell(display_name(s)) + ' < p_th' for s in students)} |",
         "|---|" + "---|" * len(students),
     ]
-    for name, row in analysis["matrix"].items():
+    for name, row in analysis.matrix.items():
         lines.append(f"| {cell(name)} | " + " | ".join(f"{100 * row[s]:.2f}%" for s in students) + " |")
     return "\n".join(lines)
 
 
 def report(analysis: dict) -> str:
-    th = analysis["threshold"]
+    th = analysis.threshold
     lines = [
         "# ownwords analyze",
         "",
@@ -35,7 +35,7 @@ def report(analysis: dict) -> str:
         "| trace set | student | traces | tokens | < p_th | < 1e-3 | < 1e-2 | < 1e-1 | mean NLL | training traces | training < p_th |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, by_student in analysis["sets"].items():
+    for name, by_student in analysis.sets.items():
         for student, r in by_student.items():
             t = r["training"]
             training = "–" if t["under_threshold"] is None else f"{100 * t['under_threshold']:.2f}%"
@@ -57,7 +57,7 @@ def report(analysis: dict) -> str:
         "## Most frequent low-probability tokens",
         "",
     ]
-    for name, by_student in analysis["sets"].items():
+    for name, by_student in analysis.sets.items():
         for student, r in by_student.items():
             tokens = ", ".join(f"`{t!r}` ({c})" for t, c in r["top_low_tokens"][:10])
             lines.append(f"* {cell(name)} under {cell(display_name(student))}: {tokens or 'none'}")
@@ -69,9 +69,9 @@ def report(analysis: dict) -> str:
 
 def write_plots(analysis: dict, out: Path) -> None:
     plt = pyplot()
-    students, sets = analysis["students"], list(analysis["sets"])
-    threshold = analysis["threshold"]
-    h = next(iter(analysis["sets"][sets[0]].values()))["histogram_log10"]
+    students, sets = analysis.students, list(analysis.sets)
+    threshold = analysis.threshold
+    h = next(iter(analysis.sets[sets[0]].values()))["histogram_log10"]
     step = (h["hi"] - h["lo"]) / len(h["counts"])
     edges = [h["lo"] + step * i for i in range(len(h["counts"]) + 1)]
 
@@ -82,7 +82,7 @@ def write_plots(analysis: dict, out: Path) -> None:
     _panels(plt, analysis, out / "histogram.png", histogram, edges,
             "log10 student probability of the trace token", "share of tokens", "Token probabilities",
             marker=math.log10(threshold))  # fmt: skip
-    bins = len(analysis["sets"][sets[0]][students[0]]["low_share_by_position"])
+    bins = len(analysis.sets[sets[0]][students[0]]["low_share_by_position"])
     _panels(plt, analysis, out / "position.png", lambda r: r["low_share_by_position"],
             [i / bins for i in range(bins + 1)], "relative position in the trace", f"share under p_th={threshold:g}",
             "Where the unlikely tokens are")  # fmt: skip
@@ -92,7 +92,7 @@ def write_plots(analysis: dict, out: Path) -> None:
 def _panels(plt, analysis, path, values, edges, xlabel, ylabel, title, marker=None) -> None:
     """One panel per student; in each, one line per trace set, or a heat map (sets x bins) when the
     sets are too many for a legend."""
-    students, sets = analysis["students"], list(analysis["sets"])
+    students, sets = analysis.students, list(analysis.sets)
     cols = min(3, len(students))
     rows = -(-len(students) // cols)
     heat = len(sets) > MAX_LINES
@@ -100,7 +100,7 @@ def _panels(plt, analysis, path, values, edges, xlabel, ylabel, title, marker=No
         5.2 * cols + 2.5, (max(3.2, 0.28 * len(sets) + 1.6) if heat else 3.6) * rows))  # fmt: skip
     centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
     for ax, student in zip(axes.flat, students, strict=False):
-        grid = [values(analysis["sets"][name][student]) for name in sets]
+        grid = [values(analysis.sets[name][student]) for name in sets]
         if heat:
             image = ax.imshow(grid, aspect="auto", cmap="Reds", extent=(edges[0], edges[-1], len(sets) - 0.5, -0.5))
             ax.set_yticks(range(len(sets)), [plot_text(n) for n in sets], fontsize=7)
@@ -124,8 +124,8 @@ def _panels(plt, analysis, path, values, edges, xlabel, ylabel, title, marker=No
 
 def matrix_plot(plt, analysis: dict, path: Path) -> None:
     """Trace sets x students heat map: the share of tokens under p_th, written in every cell."""
-    sets, students = list(analysis["matrix"]), analysis["students"]
-    values = [[100 * analysis["matrix"][s][m] for m in students] for s in sets]
+    sets, students = list(analysis.matrix), analysis.students
+    values = [[100 * analysis.matrix[s][m] for m in students] for s in sets]
     top = max(max(row) for row in values) or 1.0
     fig, ax = plt.subplots(figsize=(max(5.5, 3.0 + 1.6 * len(students)), 2.2 + 0.45 * len(sets)))
     image = ax.imshow(values, cmap="Reds", aspect="auto", vmin=0, vmax=max(top, 1.0))

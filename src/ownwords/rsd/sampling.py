@@ -38,10 +38,7 @@ from typing import NamedTuple
 
 import torch
 
-RULES = ("threshold", "rank", "nucleus", "ratio", "percentile")
-
-
-LOGPROBS = ("none", "raw", "processed")
+from . import LOGPROBS, RULES  # noqa: F401 (the names, kept apart from the math for torch-free configs)
 
 
 def probs_from_logits(

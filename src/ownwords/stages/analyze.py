@@ -20,82 +20,24 @@ import json
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..data.questions import build_prompt, chat_messages, load_rows
 from ..data.store import TraceStore
-from ..errors import UserError, check_fields
+from ..errors import UserError
 from ..files import check_writable, write_atomically
 from ..models.facts import logits_width, padding_id
-from ..models.loading import DTYPES, display_name, load_model, model_fingerprint
+from ..models.loading import display_name, load_model, model_fingerprint
 from ..render.text import token_pieces
+from .analyze_config import AnalyzeConfig, AnalyzeResult  # noqa: F401 (part of this module's API)
 
 logger = logging.getLogger(__name__)
 
 CUTS = (1e-3, 1e-2, 1e-1)
 POSITION_BINS = 10
-
-
-@dataclass
-class AnalyzeConfig:
-    students: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Students to score under (required).", "aliases": ["--student"]},
-    )
-    store: str | None = field(default=None, metadata={"help": "A generation store; its runs are trace sets."})
-    runs: list[str] = field(
-        default_factory=list, metadata={"help": "Runs of --store to analyse (default: all)."}
-    )
-    datasets: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Exported datasets or any dataset (file or hub id) with prompt and text."},
-    )
-    prompt_field: str = field(
-        default="prompt", metadata={"help": "Dataset column: chat messages or a question."}
-    )
-    text_field: str = field(
-        default="completion", metadata={"help": "Dataset column: the trace (text, or messages)."}
-    )
-    system_prompt: str | None = field(
-        default=None, metadata={"help": "For datasets whose prompt is a bare question."}
-    )
-    threshold: float = field(default=0.01, metadata={"help": "p_th: a token under it is 'low probability'."})
-    max_traces: int | None = field(default=None, metadata={"help": "At most n traces per set."})
-    batch_size: int = field(default=8, metadata={"help": "Traces scored together."})
-    chunk: int = field(
-        default=512, metadata={"help": "Long traces are scored in chunks of this many tokens (KV-cached)."}
-    )
-    html_traces: int = field(
-        default=400,
-        metadata={
-            "help": "Traces per set in the HTML view (0: all; each token is a span, so big sets make big pages)."
-        },
-    )
-    out: str = field(default="analysis", metadata={"help": "Output directory."})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
-    dtype: str = field(default="float32", metadata={"help": f"One of {', '.join(DTYPES)}."})
-
-    def __post_init__(self) -> None:
-        if not self.students:
-            raise UserError("students is required (one or more models)")
-        if not self.store and not self.datasets:
-            raise UserError("nothing to analyse: give a store (with runs) and/or datasets")
-        if self.runs and not self.store:
-            raise UserError("runs needs a store")
-        check_fields(
-            self,
-            [
-                (0 < self.threshold <= 1, "threshold", "a probability in (0, 1]"),
-                (self.chunk >= 1, "chunk", "an integer >= 1"),
-                (self.batch_size >= 1, "batch_size", "an integer >= 1"),
-                (self.max_traces is None or self.max_traces >= 1, "max_traces", "an integer >= 1"),
-                (self.html_traces >= 0, "html_traces", "an integer >= 0 (0: all)"),
-                (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
-            ],
-        )
 
 
 @dataclass
@@ -343,7 +285,7 @@ def _histogram(probs: list[float], lo: float = -8.0, bins: int = 32) -> dict:
 # -- the command --------------------------------------------------------------------------------
 
 
-def analyze(config: AnalyzeConfig) -> dict:
+def analyze(config: AnalyzeConfig) -> AnalyzeResult:
     """Score every set under every student; writes analysis.json, report.md, the plots and
     traces.html to OUT; returns the analysis (``matrix``: the share under p_th of every trace,
     ``training_matrix``: of the training traces; set -> student -> share)."""
@@ -366,9 +308,9 @@ def analyze(config: AnalyzeConfig) -> dict:
         del model
     matrix = {name: {s: r["under_threshold"] for s, r in row.items()} for name, row in results.items()}
     training = {name: {s: r["training"]["under_threshold"] for s, r in row.items()} for name, row in results.items()}
-    analysis = dict(threshold=config.threshold, students=config.students, sets=results, matrix=matrix,
-                    training_matrix=training, summary=_summary(results), shown_traces=config.html_traces)  # fmt: skip
-    write_atomically(out / "analysis.json", json.dumps(analysis, indent=2, ensure_ascii=False) + "\n")
+    analysis = AnalyzeResult(threshold=config.threshold, students=config.students, sets=results, matrix=matrix,
+                             training_matrix=training, summary=_summary(results), shown_traces=config.html_traces)  # fmt: skip
+    write_atomically(out / "analysis.json", json.dumps(analysis.to_json(), indent=2, ensure_ascii=False) + "\n")
     write_plots(analysis, out)
     write_atomically(out / "traces.html", trace_html(shown, config.threshold, {n: len(t) for n, t in sets.items()}))
     write_atomically(out / "report.md", report(analysis))

@@ -15,159 +15,27 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..data.benchmarks import REGISTRY, load_benchmark
-from ..data.questions import Question, build_prompt, questions_fingerprint, thinking_markers, unescape
+from ..data.questions import Question, build_prompt, questions_fingerprint, thinking_markers
 from ..data.store import TraceStore
 from ..data.verify import extract_answer, grade
 from ..decoding.budget import generate_with_budget
 from ..decoding.engine import Engine, Request, Sampling
-from ..decoding.pool import WorkerPool
+from ..decoding.pool import engine_or_pool
 from ..decoding.records import sample_seed, trace_record
-from ..errors import UserError, check_fields
+from ..errors import UserError
 from ..files import check_writable, write_atomically
-from ..models.loading import (
-    DTYPES,
-    check_device,
-    display_name,
-    load_model,
-    load_tokenizer,
-    model_fingerprint,
-    set_cpu_threads,
-)
+from ..models.loading import check_device, display_name, load_model, load_tokenizer, model_fingerprint
 from ..render.text import plot_text
+from .evaluate_config import EvalConfig  # noqa: E402,F401 (the config is part of this module's API)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    models: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Models to evaluate: hub ids or local paths (required).", "aliases": ["--model"]},
-    )
-    benchmarks: list[str] = field(
-        default_factory=lambda: ["math500"],
-        metadata={"help": f"Any of {', '.join(REGISTRY)} (space- or comma-separated)."},
-    )
-    data: list[str] = field(
-        default_factory=list, metadata={"help": "Local files: PATH (one benchmark) or NAME=PATH."}
-    )
-    data_dir: str | None = field(
-        default=None, metadata={"help": "A folder holding the benchmarks under their usual file names."}
-    )
-    samples: int = field(default=1, metadata={"help": "Samples per question (n)."})
-    temperatures: list[str] = field(
-        default_factory=lambda: ["0.7"],
-        metadata={"help": "Each is a separate run, e.g. 0.6,0.8,1.0 (paper: 0.7)."},
-    )
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus filter (paper: 0.95)."})
-    max_new_tokens: int = field(default=7168, metadata={"help": "Maximum generated tokens per response."})
-    max_length: int | None = field(
-        default=None,
-        metadata={"help": "Cap on prompt + response tokens (default: none; every response may take max_new_tokens)."},
-    )
-    thinking_budget: int | None = field(
-        default=None, metadata={"help": "Cap thinking at n tokens, then close the block and answer."}
-    )
-    answer_tokens: int = field(
-        default=1024, metadata={"help": "With a thinking budget: tokens allowed for the answer."}
-    )
-    generation_prefix: str = field(
-        default="", metadata={"help": "Text after the assistant turn's opening, e.g. '<think>\\n'."}
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "System prompt (none by default)."})
-    instruction: bool = field(
-        default=True, metadata={"help": "Append the benchmark's answer-format instruction to each question."}
-    )
-    batch_size: int = field(default=16, metadata={"help": "Responses generated together."})
-    limit: int | None = field(
-        default=None, metadata={"help": "Only the first n questions of each benchmark."}
-    )
-    seed: int = field(default=0, metadata={"help": "Run seed; each sample derives its own."})
-    out: str = field(
-        default="eval", metadata={"help": "Output directory: records, results.json, tables, chart."}
-    )
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, ..."})
-    dtype: str = field(default="float32", metadata={"help": f"One of {', '.join(DTYPES)}."})
-    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
-    workers: int = field(
-        default=1, metadata={"help": "Ray workers, each with the model on its own device; 1: no Ray."}
-    )
-    ray_address: str | None = field(
-        default=None, metadata={"help": "Join this Ray cluster; default: a local instance."}
-    )
-    threads: int = field(
-        default=0,
-        metadata={"help": "torch CPU threads (0: the free cores; each Ray worker: 1 unless set)."},
-    )
-
-    def __post_init__(self) -> None:
-        self.models, self.benchmarks = _split(self.models), _split(self.benchmarks)
-        self.generation_prefix = unescape(self.generation_prefix)
-        try:
-            self.temperatures = [float(t) for t in _split(self.temperatures)]
-        except ValueError:
-            raise UserError(f"temperatures {self.temperatures!r}: expected numbers, e.g. 0.6,0.8") from None
-        if not self.models:
-            raise UserError("models is required (one or more models)")
-        unknown = [b for b in self.benchmarks if b not in REGISTRY]
-        if unknown:
-            raise UserError(f"unknown benchmark(s) {unknown}; expected any of {', '.join(REGISTRY)}")
-        check_fields(
-            self,
-            [
-                (self.samples >= 1, "samples", "an integer >= 1"),
-                (
-                    bool(self.temperatures) and all(0 <= t < math.inf for t in self.temperatures),
-                    "temperatures",
-                    "one or more finite values >= 0",
-                ),
-                (0 < self.top_p <= 1, "top_p", "in (0, 1]"),
-                (self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1"),
-                (self.max_length is None or self.max_length >= 2, "max_length", "an integer >= 2"),
-                (self.thinking_budget is None or self.thinking_budget >= 1, "thinking_budget", ">= 1"),
-                (self.answer_tokens >= 1, "answer_tokens", "an integer >= 1"),
-                (self.limit is None or self.limit >= 1, "limit", "an integer >= 1"),
-                (self.workers >= 1, "workers", "an integer >= 1"),
-                (self.threads >= 0, "threads", "an integer >= 0"),
-                (self.batch_size >= 1, "batch_size", ">= 1"),
-                (self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}"),
-            ],
-        )
-        self.data_paths()  # validates the --data entries
-
-    def data_paths(self) -> dict[str, str]:
-        paths = {}
-        for entry in self.data:
-            name, sep, path = entry.partition("=")
-            if not sep:
-                if len(self.benchmarks) != 1:
-                    raise UserError(f"data {entry!r}: with several benchmarks write NAME=PATH")
-                name, path = self.benchmarks[0], entry
-            if name not in self.benchmarks:
-                raise UserError(f"data {entry!r}: {name!r} is not among the benchmarks {self.benchmarks}")
-            paths[name] = path
-        for name in self.benchmarks:
-            if name not in paths and self.data_dir:
-                found = [
-                    Path(self.data_dir) / f
-                    for f in REGISTRY[name].files
-                    if (Path(self.data_dir) / f).exists()
-                ]
-                if found:
-                    paths[name] = str(found[0])
-        return paths
-
-
-def _split(values) -> list[str]:
-    """Accept both `--x a b` and `--x a,b`."""
-    return [part for v in values for part in str(v).split(",") if part]
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -216,8 +84,6 @@ def evaluate(config: EvalConfig) -> dict:
     """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
     if config.workers == 1:  # with workers, each worker checks its own device
         check_device(config.device)
-        if not config.device.startswith("cuda"):
-            set_cpu_threads(config.threads)
     paths = config.data_paths()
     questions = {
         b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
@@ -339,34 +205,16 @@ def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, qu
 
 
 def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new_tokens: int, max_length: int):
-    """A student-only engine here, or a pool of Ray workers each loading the model."""
-    if config.workers > 1:
-        factory = partial(
-            student_engine,
-            subject.name,
-            config.device,
-            config.dtype,
-            sampling,
-            max_new_tokens,
-            config.batch_size,
-            max_length,
-        )
-        return WorkerPool(
-            factory,
-            config.workers,
-            chunk=2 * config.batch_size,
-            num_gpus=1 if config.device.startswith("cuda") else 0,
-            threads=config.threads or 1,
-            address=config.ray_address,
-        )
-    return Engine(
-        subject.model,
-        subject.tokenizer,
-        sampling=sampling,
-        max_new_tokens=max_new_tokens,
-        max_length=max_length,
-        batch_size=config.batch_size,
-    )
+    """A student-only engine here (on the model this process loaded), or a pool of Ray workers each
+    loading the model."""
+    factory = partial(student_engine, subject.name, config.device, config.dtype, sampling, max_new_tokens,
+                      config.batch_size, max_length)  # fmt: skip
+
+    def local() -> Engine:
+        return Engine(subject.model, subject.tokenizer, sampling=sampling, max_new_tokens=max_new_tokens,
+                      max_length=max_length, batch_size=config.batch_size)  # fmt: skip
+
+    return engine_or_pool(factory, config, local)
 
 
 def student_engine(

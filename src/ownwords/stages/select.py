@@ -18,64 +18,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
 from ..config import to_dict
 from ..data.questions import thinking_markers
 from ..data.store import TraceStore
-from ..data.verify import KINDS, extract_answer, grade
-from ..errors import UserError, check_fields
+from ..data.verify import extract_answer, grade
+from ..errors import UserError
 from ..files import write_atomically
+from .select_config import FILTERS, POLICIES, SelectConfig, SelectResult  # noqa: F401 (this module's API)
 
 logger = logging.getLogger(__name__)
-
-FILTERS = ("finished", "thinking_format", "fallback_rate", "has_answer", "unverifiable", "correct")
-POLICIES = ("shortest", "first", "all")
-
-
-@dataclass
-class SelectConfig:
-    store: str | None = field(
-        default=None, metadata={"help": "Trace store written by `ownwords generate` (required)."}
-    )
-    run: str = field(default="default", metadata={"help": "Run inside the store."})
-    policy: str = field(
-        default="shortest",
-        metadata={"help": f"Which passing samples to keep per question: {', '.join(POLICIES)}."},
-    )
-    max_fallback_rate: float = field(
-        default=0.5, metadata={"help": "Drop traces with a larger share of fallback tokens."}
-    )
-    require_correct: bool = field(
-        default=True,
-        metadata={"help": "Keep only correct answers (--no-require-correct: well-formed is enough)."},
-    )
-    unverifiable: str = field(
-        default="drop", metadata={"help": "Samples whose gold answer cannot be checked: keep or drop."}
-    )
-    kind: str = field(
-        default="auto",
-        metadata={"help": f"Answer kind: auto (number for '#### n' golds, else math), {', '.join(KINDS)}."},
-    )
-    thinking_end: str | None = field(
-        default=None, metadata={"help": "End-of-thinking marker (default: from the student tokenizer)."}
-    )
-
-    def __post_init__(self) -> None:
-        if not self.store:
-            raise UserError("store is required")
-        check_fields(
-            self,
-            [
-                (self.policy in POLICIES, "policy", f"one of {', '.join(POLICIES)}"),
-                (0 <= self.max_fallback_rate <= 1, "max_fallback_rate", "in [0, 1]"),
-                (self.unverifiable in ("keep", "drop"), "unverifiable", "keep or drop"),
-                (self.kind == "auto" or self.kind in KINDS, "kind", f"auto or one of {', '.join(KINDS)}"),
-            ],
-        )
-
 
 def judge(
     sample: dict, config: SelectConfig, thinking_end: str | None
@@ -108,7 +62,7 @@ def choose(passing: list[dict], policy: str) -> list[dict]:
     return [min(passing, key=lambda s: (s["n_tokens"], s["sample_index"]))]
 
 
-def select(config: SelectConfig) -> dict:
+def select(config: SelectConfig) -> SelectResult:
     """Judge every sample of the run, write the selection into the store, return the report."""
     with TraceStore(config.store, create=False) as store:  # refuses a missing, foreign or read-only store
         run_config = store.require_run(config.run)
@@ -136,7 +90,7 @@ def select(config: SelectConfig) -> dict:
         missing = [q for q in questions if q not in by_question]
         kept = [s for s in samples if (s["question_id"], s["sample_index"]) in chosen]
         kept_tokens = sum(s["n_tokens"] for s in kept)
-        report = dict(
+        report = SelectResult(
             store=config.store,
             run=config.run,
             policy=config.policy,
@@ -152,8 +106,8 @@ def select(config: SelectConfig) -> dict:
             questions_without_sample=len(missing),
             questions_without_sample_examples=missing[:10],
         )
-        store.write_selection(config.run, rows, to_dict(config), report)
-    write_atomically(f"{config.store}.{config.run}.select.json", json.dumps(report, indent=2) + "\n")
+        store.write_selection(config.run, rows, to_dict(config), report.to_json())
+    write_atomically(f"{config.store}.{config.run}.select.json", json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 

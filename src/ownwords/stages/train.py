@@ -11,103 +11,19 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from trl import SFTConfig
 
 from ..data.questions import load_rows
 from ..errors import MissingInput, UserError
 from ..files import check_writable, write_atomically
 from ..models.loading import load_model, set_cpu_threads
+from .train_config import OVERLONG, TrainConfig, TrainResult  # noqa: F401 (part of this module's API)
 
 logger = logging.getLogger(__name__)
-
-OVERLONG = ("drop", "truncate")
-
-
-@dataclass
-class TrainConfig(SFTConfig):
-    model: str | None = field(
-        default=None, metadata={"help": "Student to fine-tune: hub id or local path (required)."}
-    )
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Traces from `ownwords export`: .jsonl/.parquet, a save_to_disk directory or a hub id (required)."
-        },
-    )
-    overlong: str = field(
-        default="drop", metadata={"help": "Examples over --max-length: drop (counted) or truncate (warned)."}
-    )
-    effective_batch_size: int = field(
-        default=16,
-        metadata={"help": "Examples per optimizer step over all devices; sets gradient accumulation."},
-    )
-    mask_checks: int = field(default=16, metadata={"help": "Tokenised examples whose loss mask is verified."})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads on CPU (0: the free cores)."})
-    # The s1 recipe (simplescaling/s1 train/sft.sh), as the paper's authors ran it.
-    output_dir: str | None = field(
-        default=None, metadata={"help": "Where the fine-tuned model is saved (required)."}
-    )
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (s1: 1e-5)."})
-    lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": "Decay to 0 after warm-up (s1: cosine)."}
-    )
-    warmup_steps: float = field(
-        default=0.05, metadata={"help": "Warm-up: steps, or a fraction of all steps (s1: 0.05)."}
-    )
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (s1: 1e-4)."})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (s1: 0.95)."})
-    num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs (s1: 5; the paper reports 15)."})
-    per_device_train_batch_size: int = field(
-        default=1, metadata={"help": "Examples per device per micro-step."}
-    )
-    max_length: int | None = field(default=8192, metadata={"help": "Maximum tokens of prompt + completion."})
-    packing: bool = field(
-        default=False, metadata={"help": "Pack several examples into one sequence (s1: off)."}
-    )
-    bf16: bool | None = field(
-        default=None, metadata={"help": "bfloat16 (default: on with a GPU, off on CPU)."}
-    )
-    activation_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Default: on with a GPU, off on CPU."}
-    )
-    logging_steps: float = field(default=1, metadata={"help": "Log the loss every n steps."})
-    ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "DDP: look for unused parameters."}
-    )
-    save_strategy: str = field(
-        default="no", metadata={"help": "Checkpoints during training (the final model is always saved)."}
-    )
-    include_num_input_tokens_seen: str | bool = field(
-        default=True, metadata={"help": "Count the tokens trained on."}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("model", "dataset", "output_dir"):
-            if not getattr(self, name):
-                raise UserError(f"{name} is required")
-        if self.overlong not in OVERLONG:
-            raise UserError(f"overlong is {self.overlong!r}; expected one of {', '.join(OVERLONG)}")
-        if self.effective_batch_size < 1:
-            raise UserError(f"effective_batch_size is {self.effective_batch_size}; expected >= 1")
-        gpu = torch.cuda.is_available() and not self.use_cpu
-        self.bf16 = gpu if self.bf16 is None else self.bf16
-        if self.activation_checkpointing is None:
-            self.activation_checkpointing = gpu
-        self.gradient_checkpointing = None  # the deprecated alias (TRL defaults it to True); ours decides
-        self.dataloader_pin_memory = self.dataloader_pin_memory and gpu
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.gradient_accumulation_steps = max(
-            1, self.effective_batch_size // (self.per_device_train_batch_size * world)
-        )
-        super().__post_init__()
-
 
 class LossOnTheBar(ProgressCallback):
     """The Trainer's progress bar (stderr), with the latest loss on it instead of a dict per step
@@ -209,7 +125,7 @@ def check_loss_mask(train_dataset, raw_dataset, tokenizer, n: int) -> None:
             )
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig) -> TrainResult:
     """Fine-tune, save the model + tokenizer, write train_summary.json and loss.png; returns the summary."""
     from trl import SFTTrainer
 
@@ -230,7 +146,7 @@ def train(config: TrainConfig) -> dict:
     trainer.train()
     _save(trainer, tokenizer, config.output_dir)
     losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    summary = dict(
+    summary = TrainResult(
         steps=trainer.state.global_step,
         final_loss=losses[-1][1] if losses else None,
         first_loss=losses[0][1] if losses else None,
@@ -241,7 +157,7 @@ def train(config: TrainConfig) -> dict:
     )
     if trainer.is_world_process_zero():
         out = Path(config.output_dir)
-        write_atomically(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomically(out / "train_summary.json", json.dumps(summary.to_json(), indent=2) + "\n")
         _plot_losses(losses, out / "loss.png")
     return summary
 
