@@ -80,7 +80,7 @@ def test_a_second_process_waits_for_the_demo_cache_entry_being_trained(tmp_path,
     entry = demo.cache_entries(tmp_path, scale)[0]
     other = hold_lock(entry.with_name(entry.name + ".lock"), RuntimeError("held"))  # the first process
     waiting = threading.Event()
-    monkeypatch.setattr(demo, "_waiting", lambda path: waiting.set())
+    monkeypatch.setattr("ownwords.demo.models._waiting", lambda path: waiting.set())
     done = []
     worker = threading.Thread(target=lambda: done.append(demo.tiny_pair(tmp_path, scale, fresh=False)))
     worker.start()

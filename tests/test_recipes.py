@@ -14,7 +14,7 @@ from ownwords.stages.generate import PRESETS, GenerateConfig
 from ownwords.stages.select import SelectConfig
 from ownwords.stages.train import TrainConfig
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[1] / "src" / "ownwords" / "recipes").glob("*.yaml"))
 STAGES = {
     "generate": (GenerateConfig, []),
     "select": (SelectConfig, []),

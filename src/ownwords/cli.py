@@ -81,7 +81,8 @@ def _eval(argv: list[str]) -> None:
     from .stages.evaluate_config import EvalConfig
 
     config = parse(EvalConfig, argv, prog="ownwords eval")
-    from .stages.evaluate import evaluate, table
+    from .render.evaluation import table
+    from .stages.evaluate import evaluate
 
     print(table(evaluate(config), config.benchmarks))
     print(f"results in {config.out}/results.json")
@@ -101,9 +102,11 @@ def _analyze(argv: list[str]) -> None:
 
 def _demo(argv: list[str]) -> None:
     from .config import parse
-    from .demo import DemoConfig, run_demo
+    from .demo.config import DemoConfig
 
     config = parse(DemoConfig, argv, prog="ownwords demo")
+    from .demo.run import run_demo
+
     run_demo(config)
     print((Path(config.out) / "experiment" / "report.md").read_text())
 
@@ -116,7 +119,7 @@ def _experiment(argv: list[str]) -> None:
         description="Run an experiment YAML (see recipes/experiment_paper.yaml). Re-running it skips every "
         "stage whose config and inputs are unchanged, and resumes a killed run.",
     )
-    parser.add_argument("config", help="the experiment's YAML file")
+    parser.add_argument("config", help="the experiment's YAML file, or a shipped recipe's name (experiment_paper)")
     parser.add_argument("--out", help="experiment folder (overrides the YAML's `out`)")
     args = parser.parse_args(argv)
     from .experiment.plan import load_experiment

@@ -49,8 +49,33 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def recipes() -> dict[str, Path]:
+    """The recipes shipped in the package, by name (`generate_paper`, `experiment_paper`, `demo`...)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("ownwords") / "recipes"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A config file by its path, or a shipped recipe by its name (as torchtune finds its configs)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = recipes()
+    name = path.name.removesuffix(".yaml")
+    if name in shipped and path.parent in (Path("."), Path("recipes")):
+        return shipped[name]
+    raise MissingInput(
+        f"config {str(name_or_path)!r}: no such file, and no shipped recipe of that name (they are: "
+        f"{', '.join(shipped)})"
+    )
+
+
 def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML file holding a mapping (an empty file is an empty one)."""
+    """A YAML file (or a shipped recipe's name) holding a mapping (an empty file is an empty one)."""
+    if not Path(path).is_file() and Path(path).suffix in ("", ".yaml") and Path(path).name.removesuffix(".yaml") in recipes():
+        path = find_recipe(path)
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{what} {str(path)!r} does not exist")
@@ -86,13 +111,21 @@ def check_values(cls: type, values: dict, where: str) -> None:
             raise UserError(f"{where}: {key} is {value!r}; expected {_describe(hint)}")
 
 
+def with_preset(values: dict, presets: dict | None, where: str) -> dict:
+    """`values` over the settings of the preset they name (the one merge of a preset, for the command
+    line, config files and experiment sections alike)."""
+    name = values.get("preset")
+    if name is None:
+        return values
+    if not presets or name not in presets:
+        raise UserError(f"{where}: preset {name!r} is unknown; expected one of {sorted(presets or {})}")
+    return presets[name] | values
+
+
 def build_config(cls: type[C], values: dict, where: str, presets: dict | None = None) -> C:
     """cls(**values), with a preset's settings under the given ones; a bad key, type or value is a
     UserError naming `where`."""
-    if presets is not None and values.get("preset") is not None:
-        if values["preset"] not in presets:
-            raise UserError(f"{where}: preset {values['preset']!r} is unknown; expected one of {sorted(presets)}")
-        values = presets[values["preset"]] | values
+    values = with_preset(values, presets, where)
     check_values(cls, values, where)
     try:
         return cls(**values)
@@ -201,12 +234,7 @@ def parse(
     known, rest = pre.parse_known_args(argv)
     from_file = load_yaml(known.config, cls) if known.config else {}
     preset = known.preset or from_file.get("preset")
-    defaults: dict[str, Any] = {}
-    if preset is not None:
-        if not presets or preset not in presets:
-            raise UserError(f"--preset {preset!r} is unknown; expected one of {sorted(presets or {})}")
-        defaults.update(presets[preset], preset=preset)
-    defaults.update(from_file)
+    defaults = with_preset(from_file | ({"preset": preset} if preset else {}), presets, "--preset")
 
     from transformers import HfArgumentParser
 

@@ -33,10 +33,21 @@ REGISTRY = {
         ),
         Benchmark("gsm8k", ("openai/gsm8k", "main", "test"), "number", ("gsm8k_test.jsonl",)),
         Benchmark("amc23", ("math-ai/amc23", None, "test"), "math", ("amc23.jsonl",)),
-        # the demo's synthetic task (ownwords.demo); local files only
-        Benchmark("arithmetic", ("", None, ""), "integer", ("arithmetic_test.jsonl",)),
     )
 }
+
+
+def _plugins() -> None:
+    """Benchmarks other packages (or ownwords' own demo) register under the entry point group
+    `ownwords.benchmarks`: each a mapping of Benchmark's fields."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group="ownwords.benchmarks"):
+        fields = point.load()
+        REGISTRY.setdefault(fields["name"], Benchmark(**fields))
+
+
+_plugins()
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = (
     "Think step by step, then give the letter of the correct option within \\boxed{}, e.g. \\boxed{A}."

@@ -23,12 +23,12 @@ from ..config import build_config, read_mapping
 from ..errors import UserError
 from ..files import file_sha256
 from ..options import marked
-from ..stages.analyze import AnalyzeConfig
-from ..stages.evaluate import EvalConfig
-from ..stages.export import ExportConfig
-from ..stages.generate import PRESETS, GenerateConfig
-from ..stages.select import SelectConfig
-from ..stages.train import TrainConfig
+from ..stages.analyze_config import AnalyzeConfig
+from ..stages.evaluate_config import EvalConfig
+from ..stages.export_config import ExportConfig
+from ..stages.generate_config import PRESETS, GenerateConfig
+from ..stages.select_config import SelectConfig
+from ..stages.train_config import TrainConfig
 from .names import MAX_SEEDS_ROUNDS, MAX_SWEEP, check_name, check_plan_size, readable_tag, value_name
 
 KINDS = {

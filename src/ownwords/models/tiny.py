@@ -12,7 +12,6 @@ import logging
 import math
 import pickle
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
 from ..errors import UserError
+from .spec import STUDENT, TEACHER, TinySpec  # noqa: F401 (part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +28,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-@dataclass(frozen=True)
-class TinySpec:
-    """Architecture and size of one tiny model."""
-
-    model_type: str  # any transformers causal-LM model type: "qwen3", "llama", ...
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int
-    logit_scale: float = 3.0  # std of the random logits: peaked enough that some tokens pass p_th
-
-
-# ~25M parameters and ~1M parameters: the standard pair of the benchmarks (defined here, once).
-TEACHER = TinySpec("qwen3", 512, 7, 8, 4, 1664)
-STUDENT = TinySpec("llama", 128, 4, 4, 2, 384)
 
 
 def corpus(n: int = 3000, seed: int = 0) -> list[str]:
