@@ -36,8 +36,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the realism tests' builders
 from realvocab import WIDTH, qwen_tokenizer  # noqa: E402
 
-from ownwords.decoding.cache import CachedBatch  # noqa: E402
 from ownwords.decoding.engine import RSD, Engine, Request, Sampling  # noqa: E402
+from ownwords.decoding.slots import SlotCache  # noqa: E402
 from ownwords.rsd.sampling import AcceptanceRule, support_from_logits  # noqa: E402
 from ownwords.rsd.vocab import align_vocabularies  # noqa: E402
 
@@ -83,7 +83,7 @@ class Timed:
 def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float], list[float], list[float]]:
     """Per decode step: its seconds, those of the RSD math inside it, and those of its forward passes
     (the model calls through the KV-cache layer, timed inside the same step: no drift between runs)."""
-    step, math_, forward = Timed(engine._plain), Timed(engine._step), Timed(CachedBatch.append)
+    step, math_, forward = Timed(engine._plain), Timed(engine._step), Timed(SlotCache.append)
     engine._plain, engine._step = step, math_
     math_.on = forward.on = False  # the prefill's first token is not a decode step
     original, per_step = step.fn, []
@@ -99,11 +99,11 @@ def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float],
 
     step.fn = plain
     engine.stop_ids = {-1}  # a fixed amount of work: rows stop at the length limit only
-    CachedBatch.append = lambda *a, **k: forward(*a, **k)
+    SlotCache.append = lambda *a, **k: forward(*a, **k)
     try:
         list(engine.run([Request("q", i, p, seed=i) for i, p in enumerate(prompts)]))
     finally:
-        CachedBatch.append = forward.fn
+        SlotCache.append = forward.fn
     return step.seconds, math_.seconds, per_step
 
 
@@ -111,16 +111,19 @@ def engine_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[float],
 def bare_steps(engine: Engine, prompts: list[list[int]], steps: int, sync=lambda: None) -> list[float]:
     """Seconds of each lock-step pair of forwards (student, teacher) after a prefill of the prompts,
     made through the engine's own KV-cache layer (same masks, positions and calls), nothing else."""
-    student, teacher = engine._caches()
+    student, teacher = engine.caches(max(map(len, prompts)))
+    slots = list(range(len(prompts)))
     teacher_prompts = [engine.alignment.to_teacher(p) for p in prompts]
-    student.append(prompts)
-    teacher.append(teacher_prompts)
+    for cache in (student, teacher):
+        cache.lengths = [0] * cache.slots
+    student.append(slots, prompts)
+    teacher.append(slots, teacher_prompts)
     seconds = []
     for _ in range(steps):
         sync()
         start = time.perf_counter()
-        student.append([p[-1:] for p in prompts])
-        teacher.append([p[-1:] for p in teacher_prompts])
+        student.append(slots, [p[-1:] for p in prompts])
+        teacher.append(slots, [p[-1:] for p in teacher_prompts])
         sync()
         seconds.append(time.perf_counter() - start)
     return seconds

@@ -36,7 +36,7 @@ _API = {
     **dict.fromkeys(("experiment",), "ownwords.experiment.runner"),
     **dict.fromkeys(("ExperimentConfig", "load_experiment", "plan"), "ownwords.experiment.plan"),
     **dict.fromkeys(("Engine", "Request", "Trace", "Emitted", "Sampling", "RSD"), "ownwords.decoding.engine"),
-    **dict.fromkeys(("AcceptanceRule", "rsd_probs"), "ownwords.rsd.sampling"),
+    **dict.fromkeys(("AcceptanceRule", "Support", "support_from_logits"), "ownwords.rsd.sampling"),
     **dict.fromkeys(("load_model", "load_pair"), "ownwords.models.loading"),
     **dict.fromkeys(("make_tiny_pair",), "ownwords.models.tiny"),
     **dict.fromkeys(("TraceStore",), "ownwords.data.store"),

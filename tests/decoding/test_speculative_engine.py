@@ -5,11 +5,13 @@ import math
 import pytest
 import torch
 from helpers import empirical, tv_bound, two_sample_chi_square
+from reference import alpha as dense_alpha
+from reference import dense, proposal_probs, rsd_probs
 
 from ownwords.decoding.engine import RSD, Engine, Request, Sampling
 from ownwords.models.loading import load_pair
 from ownwords.models.tiny import STUDENT, TinySpec, make_tiny_pair
-from ownwords.rsd.sampling import AcceptanceRule, rsd_probs
+from ownwords.rsd.sampling import AcceptanceRule
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +84,9 @@ def exact_first_token(models, prompt, threshold, temperature):
     with torch.no_grad():
         s_logits = student(torch.tensor([prompt])).logits[:, -1, : alignment.student_size]
         t_logits = teacher(torch.tensor([alignment.to_teacher(prompt)])).logits[:, -1]
-    proposal = sampling.probs(alignment.teacher_logits_to_student(t_logits))
-    alpha = AcceptanceRule("threshold", threshold)(s_logits.softmax(-1), proposal)
-    return rsd_probs(proposal, alpha, sampling.probs(s_logits), trials=3)[0]
+    proposal = dense(sampling, alignment.teacher_logits_to_student(t_logits))
+    alpha = dense_alpha(AcceptanceRule("threshold", threshold), s_logits.softmax(-1), proposal)
+    return rsd_probs(proposal, alpha, dense(sampling, s_logits), trials=3)[0]
 
 
 @pytest.mark.parametrize("k", [0, 2])
@@ -109,13 +111,12 @@ def test_first_tokens_follow_the_closed_form(small, k, threshold):
 def exact_next(models, context, sampling, rule, trials):
     """P [V] of the next token after `context` (student ids), from one forward of each model."""
     student, s_tok, teacher, alignment = models
-    eng = Engine(student, s_tok, teacher, alignment, sampling, RSD(rule, trials))
     with torch.no_grad():
         s_logits = student(torch.tensor([context])).logits[:, -1, : alignment.student_size]
         t_logits = teacher(torch.tensor([alignment.to_teacher(context)])).logits[:, -1]
-    proposal = eng._proposal(t_logits)
-    alpha = rule(s_logits.softmax(-1), proposal)
-    return rsd_probs(proposal, alpha, sampling.probs(s_logits), trials)[0]
+    proposal = proposal_probs(t_logits, sampling, alignment)
+    alpha = dense_alpha(rule, s_logits.softmax(-1), proposal)
+    return rsd_probs(proposal, alpha, dense(sampling, s_logits), trials)[0]
 
 
 def chi_square_p(groups) -> tuple[float, int]:

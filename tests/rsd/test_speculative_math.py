@@ -1,29 +1,41 @@
-"""The speculative verify step emits P exactly; its records match the trial procedure's."""
+"""The speculative verify step (on supports, as the engine runs it) emits P exactly; its records match
+the trial procedure's."""
 
 import pytest
 import torch
 from helpers import A, S, T, empirical, tv_bound
+from reference import alpha as dense_alpha
+from reference import rsd_probs
 
 from ownwords.rsd.sampling import (
     AcceptanceRule,
+    Support,
     rsd_explain,
-    rsd_probs,
     rsd_sample,
+    rsd_target,
     sample_from,
-    speculative_verify,
+    speculative_verify_support,
 )
 
 RULE = AcceptanceRule("threshold", 0.01)
-P = rsd_probs(T, RULE(A, T), S, trials=3)[0]  # [5] float64, the target
+P = rsd_probs(T, dense_alpha(RULE, A, T), S, trials=3)[0]  # [5] float64, the target
 
 
-def block(n, k, gen, target=P, draft_dist=S[0]):
-    """n independent blocks of K drafts from S verified against P (the same at every position)."""
+def everywhere(probs: torch.Tensor, rows: int) -> Support:
+    """A hand-made distribution on all 5 tokens, at `rows` positions."""
+    return Support(probs.float().expand(rows, -1), torch.arange(5).expand(rows, -1), probs.log().expand(rows, -1))
+
+
+def block(n, k, gen, accept=True):
+    """n independent blocks of K drafts from S verified against P (the same at every position); with
+    accept False nothing is accepted, so P = S."""
     u = torch.rand(n, 2 * k + 1, generator=gen, dtype=torch.float64)
-    draft = sample_from(draft_dist.expand(n, -1), u[:, :k]) if k else torch.zeros(n, 0, dtype=torch.long)
-    accepted, final = speculative_verify(
-        target.expand(n, k + 1, -1), draft_dist.expand(n, k, -1).float(), draft, u[:, k:]
-    )
+    draft = sample_from(S.expand(n, -1), u[:, :k]) if k else torch.zeros(n, 0, dtype=torch.long)
+    rows = n * (k + 1)
+    proposal, student = everywhere(T[0], rows), everywhere(S[0], rows)
+    alpha = RULE.on_support(proposal, everywhere(A[0], rows)) if accept else torch.zeros(rows, 5)
+    targets = rsd_target(proposal, alpha, student, trials=3)
+    accepted, final = speculative_verify_support(targets, S[0][draft], draft, u[:, k:])
     return draft, accepted, final
 
 
@@ -56,14 +68,14 @@ def test_consecutive_tokens_are_independent_draws_from_p():
 
 def test_draft_equal_to_target_is_always_accepted():
     n, k = 1000, 4
-    _, accepted, _ = block(n, k, torch.Generator().manual_seed(3), target=S[0].double(), draft_dist=S[0])
+    _, accepted, _ = block(n, k, torch.Generator().manual_seed(3), accept=False)
     assert (accepted == k).all()
 
 
 def test_records_match_the_trial_procedure():
     n, trials = 60_000, 3
     gen = torch.Generator().manual_seed(5)
-    alpha = RULE(A, T)
+    alpha = dense_alpha(RULE, A, T)
     # trial procedure: joint (token, fallback) and the trials distribution
     u = torch.rand(n, 2 * trials + 1, generator=gen, dtype=torch.float64)
     tok, fb, tried = rsd_sample(T.expand(n, -1), alpha.expand(n, -1), S.expand(n, -1), trials, u)

@@ -5,15 +5,10 @@ import math
 import pytest
 import torch
 from helpers import empirical, tv_bound
+from reference import alpha as dense_alpha
+from reference import probs_from_logits, proposal_probs, rsd_probs
 
-from ownwords.rsd.sampling import (
-    AcceptanceRule,
-    RawScores,
-    probs_from_logits,
-    rsd_probs,
-    rsd_sample,
-    support_from_logits,
-)
+from ownwords.rsd.sampling import AcceptanceRule, RawScores, rsd_sample, support_from_logits
 
 V = 3000
 
@@ -87,7 +82,7 @@ def test_rules_on_the_support_agree_with_the_dense_rules(rule, score):
     student, proposal = support_from_logits(s_logits, **setting), support_from_logits(t_logits, **setting)
     dense_t, dense_s = proposal.dense(V), student.dense(V)
     dense_score = s_logits.softmax(-1) if score == "raw" else dense_s
-    expected = rule(dense_score, dense_t).gather(-1, proposal.ids) * (proposal.probs > 0)
+    expected = dense_alpha(rule, dense_score, dense_t).gather(-1, proposal.ids) * (proposal.probs > 0)
     scores = RawScores(s_logits) if score == "raw" else student
     got = rule.on_support(proposal, scores) * (proposal.probs > 0)
     assert torch.allclose(got, expected, atol=1e-6), f"{(got - expected).abs().max()}"
@@ -113,7 +108,7 @@ def test_sampling_on_the_support_follows_the_closed_form():
         rows(student.ids),
     )
     dense_t = proposal.dense(50)
-    expected = rsd_probs(dense_t, rule(s_logits.softmax(-1), dense_t), student.dense(50), trials)[0]
+    expected = rsd_probs(dense_t, dense_alpha(rule, s_logits.softmax(-1), dense_t), student.dense(50), trials)[0]
     tv = 0.5 * (empirical(tokens, 50) - expected).abs().sum().item()
     assert tv < tv_bound(n, support=int((expected > 0).sum())), f"TV {tv:.4f}"
 
@@ -132,7 +127,7 @@ def test_sampling_on_the_support_follows_the_closed_form():
 def test_the_proposal_on_its_support_is_the_dense_proposal(ids, setting):
     """T from teacher logits (padded columns, teacher-only and student-only tokens) on its support
     equals the dense T, for an alignment whose shared tokens are a common prefix and for one that is not."""
-    from ownwords.decoding.engine import Sampling, proposal_probs, proposal_support
+    from ownwords.decoding.engine import Sampling, proposal_support
     from ownwords.rsd.vocab import VocabAlignment
 
     gen = torch.Generator().manual_seed(3)

@@ -5,8 +5,10 @@ import math
 
 import pytest
 import torch
+from reference import alpha as dense_alpha
+from reference import probs_from_logits
 
-from ownwords.rsd.sampling import AcceptanceRule, RawScores, probs_from_logits, support_from_logits
+from ownwords.rsd.sampling import AcceptanceRule, RawScores, support_from_logits
 
 VOCAB = 151_936  # Qwen3's logits width
 
@@ -67,7 +69,7 @@ TIED_RULES = [
 def test_rules_over_tied_scores_accept_a_group_together_in_both_forms(rule, accepted):
     logits = the_audits_logits()
     proposal = support_from_logits(torch.zeros(1, 64))  # uniform: every token proposed
-    dense = rule(logits.softmax(-1), proposal.dense(64), logits)
+    dense = dense_alpha(rule, logits.softmax(-1), proposal.dense(64), logits)
     on_support = torch.zeros(1, 64).scatter_(-1, proposal.ids, rule.on_support(proposal, RawScores(logits)))
     assert dense[0].bool().tolist() == accepted
     assert torch.equal(on_support, dense)
@@ -126,7 +128,7 @@ def test_rules_over_bfloat16_scores_agree_in_both_forms_and_in_any_column_order(
         got = torch.zeros_like(s).scatter_(-1, proposal.ids, rule.on_support(proposal, scores) * (proposal.probs > 0))
         dense_s = s.softmax(-1) if score == "raw" else student.dense(vocab)
         dense_t = proposal.dense(vocab)
-        expected = rule(dense_s, dense_t, s.masked_fill(dense_s == 0, -math.inf)) * (dense_t > 0)
+        expected = dense_alpha(rule, dense_s, dense_t, s.masked_fill(dense_s == 0, -math.inf)) * (dense_t > 0)
         return got, expected
 
     got, expected = alpha(s_logits, t_logits)

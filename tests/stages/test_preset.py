@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import alpha as dense_alpha
+from reference import dense, probs_from_logits, proposal_probs, rsd_probs
 
 from ownwords.cli import main
 from ownwords.config import parse
-from ownwords.decoding.engine import RSD, Engine, Sampling, proposal_probs
+from ownwords.decoding.engine import RSD, Engine, Sampling
 from ownwords.errors import UserError
 from ownwords.models.facts import logits_width
 from ownwords.models.loading import load_pair
-from ownwords.rsd.sampling import probs_from_logits, rsd_probs, rsd_sample, uniforms_for
+from ownwords.rsd.sampling import rsd_sample, uniforms_for
 from ownwords.rsd.vocab import VocabAlignment
 from ownwords.stages.generate import PRESETS, GenerateConfig
 
@@ -51,8 +53,8 @@ def test_teacher_only_under_the_preset_emits_exactly_t_with_no_fallback():
     t_logits = ranked(list(range(20)))  # the teacher's favourites: tokens 0..19
     s_logits = ranked(list(range(37, 17, -1)))  # the student's top 20: 37..18, so 0..17 are outside it
     proposal = proposal_probs(t_logits, sampling, alignment())
-    alpha = rule(s_logits.softmax(-1), proposal)
-    student = sampling.probs(s_logits)
+    alpha = dense_alpha(rule, s_logits.softmax(-1), proposal)
+    student = dense(sampling, s_logits)
     assert torch.allclose(rsd_probs(proposal, alpha, student, config.trials), proposal.double(), atol=1e-12)
     gens = [torch.Generator().manual_seed(i) for i in range(2000)]
     _, fallback, tried = rsd_sample(

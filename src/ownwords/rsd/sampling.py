@@ -26,8 +26,11 @@ percentile accepts a group when the proposal mass of the tokens with a strictly 
 the fraction; greedy (temperature 0) is the limit of temperature -> 0, uniform over the tied
 maxima. The key is the logit (a token's place in the order), not its probability: equal logits
 may round to probabilities an ulp apart in different SIMD lanes, equal keys never differ. bfloat16
-logits tie often (8 bits of mantissa), so this decides real laws, and makes the support form (plain
-RSD) and the dense form (speculative verification, the test oracle) emit the same one.
+logits tie often (8 bits of mantissa), so this decides real laws.
+
+Everything here works on each row's support (the tokens left after top-k / top-p): plain RSD and the
+speculative verification alike, one production path. The same step written densely over the whole
+vocabulary is the tests' reference oracle (tests/reference.py), not code the engine runs.
 """
 
 from __future__ import annotations
@@ -39,64 +42,6 @@ from typing import NamedTuple
 import torch
 
 from . import LOGPROBS, RULES  # noqa: F401 (the names, kept apart from the math for torch-free configs)
-
-
-def probs_from_logits(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, logprobs: str = "none"
-) -> torch.Tensor:
-    """A distribution [B, V] (float32) from logits [B, V]; ``-inf`` logits are masked tokens.
-
-    ``logprobs`` says which one (the paper's code read top-k log-probabilities from vLLM):
-
-    * ``none`` -- the sampler's own: temperature, then top-k, then top-p.
-    * ``raw`` -- vLLM ``logprobs_mode="raw_logprobs"``: the top-k of the plain softmax (temperature 1,
-      no top-p), renormalised.
-    * ``processed`` -- vLLM ``logprobs_mode="processed_logprobs"``: temperature, then top-p over the
-      full vocabulary, then the top-k of that, renormalised.
-
-    temperature 0 is greedy (uniform over the tied maxima); top_k 0 and top_p 1 disable those
-    filters. Ties at every cut follow the module docstring's rule.
-    """
-    logits = logits.float()
-    if logprobs == "raw":
-        return _top_k(logits, top_k).softmax(-1)
-    if temperature == 0:
-        return _greedy(logits)
-    logits = logits / temperature
-    if logprobs == "processed":
-        probs = _top_p(logits.softmax(-1), top_p, logits)
-        if 0 < top_k < probs.shape[-1]:  # the top-k of the nucleus, renormalised
-            probs = _top_k(logits.masked_fill(probs == 0, -math.inf), top_k).softmax(-1)
-        return probs
-    logits = _top_k(logits, top_k)
-    return _top_p(logits.softmax(-1), top_p, logits)
-
-
-def _greedy(logits: torch.Tensor) -> torch.Tensor:
-    """Uniform over each row's tied maxima [B, V] (all zero for a row with no finite logit)."""
-    top = logits.amax(-1, keepdim=True)
-    tied = ((logits == top) & (logits > -math.inf)).float()
-    return tied / tied.sum(-1, keepdim=True).clamp_min(1.0)
-
-
-def _top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Mask every logit below the k-th (ties with the k-th stay)."""
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [B, 1]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    return logits
-
-
-def _top_p(probs: torch.Tensor, top_p: float, key: torch.Tensor) -> torch.Tensor:
-    """Keep each token whose strictly-higher-keyed mass is under top_p, renormalised: the nucleus,
-    closed after the whole tie group that reaches top_p (the top group always stays). probs, key [B, V]."""
-    if top_p >= 1.0:
-        return probs
-    keys, order = key.sort(-1, descending=True)  # [B, V]
-    sorted_probs = probs.gather(-1, order)
-    kept = sorted_probs.masked_fill(mass_before_group(sorted_probs, keys) >= top_p, 0.0)
-    out = torch.zeros_like(probs).scatter_(-1, order, kept)
-    return out / out.sum(-1, keepdim=True)
 
 
 def mass_before_group(mass: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -159,18 +104,6 @@ class AcceptanceRule:
         if not ok:
             raise ValueError(f"acceptance rule {self.name!r} got value {self.value}; expected {expected}")
 
-    def __call__(
-        self, score: torch.Tensor, proposal: torch.Tensor, key: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """score, proposal [B, V] -> alpha [B, V] (float32). key [B, V]: the order of the scores, which
-        decides ties (the student's logits for the raw score; default: the scores themselves)."""
-        score, proposal = score.float(), proposal.float()
-        key = score if key is None else key.float()
-        alpha = getattr(self, f"_{self.name}")(score, proposal, key)
-        if self.top_k:
-            alpha = alpha * _in_top_k(score, self.top_k, key)
-        return alpha
-
     def on_support(self, proposal: Support, scores) -> torch.Tensor:
         """alpha [B, K] at the proposal's support tokens: ``__call__`` on the dense tensors, read there.
         scores: the student's acceptance score (:class:`RawScores` or S as a :class:`Support`)."""
@@ -189,25 +122,6 @@ class AcceptanceRule:
             alpha = alpha * _member(proposal.ids, *scores.top(self.top_k))
         return alpha
 
-    def _threshold(self, score, proposal, key):
-        return (score >= self.value).float()
-
-    def _rank(self, score, proposal, key):
-        return _in_top_k(score, int(self.value), key)
-
-    def _nucleus(self, score, proposal, key):
-        keys, order = key.sort(-1, descending=True)  # [B, V]
-        sorted_score = score.gather(-1, order)
-        inside = mass_before_group(sorted_score, keys) < self.value  # [B, V]; the top group is inside
-        return torch.zeros_like(score).scatter_(-1, order, inside.float())
-
-    def _ratio(self, score, proposal, key):
-        # T = 0 tokens are never proposed; clamping the denominator keeps the division NaN-free.
-        return torch.where(proposal > 0, (score / proposal.clamp_min(1e-30)).clamp(max=1.0), 0.0)
-
-    def _percentile(self, score, proposal, key):
-        return _percentile(proposal, key, self.value)
-
 
 def _percentile(proposal: torch.Tensor, key: torch.Tensor, fraction: float) -> torch.Tensor:
     """Accept a token once the proposal mass of the tokens with a strictly lower score key reaches
@@ -216,26 +130,6 @@ def _percentile(proposal: torch.Tensor, key: torch.Tensor, fraction: float) -> t
     below = mass_before_group(proposal.gather(-1, order), keys)
     inside = below >= fraction - 1e-7  # float32 cumsum tolerance
     return torch.zeros_like(proposal).scatter_(-1, order, inside.float())
-
-
-def _in_top_k(score: torch.Tensor, k: int, key: torch.Tensor) -> torch.Tensor:
-    """1.0 where the token's key is >= the k-th highest of its row (ties with the k-th are in) and its
-    score is above 0, else 0.0; [B, V]."""
-    kth = key.topk(min(k, key.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
-    return ((key >= kth) & (score > 0)).float()
-
-
-def rsd_probs(
-    proposal: torch.Tensor, alpha: torch.Tensor, student: torch.Tensor, trials: int
-) -> torch.Tensor:
-    """Closed form of what one RSD step emits, P [B, V] (float64); see the module docstring."""
-    proposal, alpha, student = proposal.double(), alpha.double(), student.double()
-    accepted = proposal * alpha  # [B, V]
-    m = accepted.sum(-1, keepdim=True)  # [B, 1]
-    miss = (1.0 - m).clamp(min=0.0) ** trials  # all trials rejected
-    # (1 - (1 - m)^N) / m -> N as m -> 0; `where` keeps the 0/0 out of the result.
-    scale = torch.where(m > 0, (1.0 - miss) / m.clamp_min(1e-300), torch.full_like(m, float(trials)))
-    return accepted * scale + miss * student
 
 
 def rsd_sample(
@@ -278,32 +172,81 @@ def uniforms_for(generators: list[torch.Generator], n: int) -> torch.Tensor:
     return torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in generators])
 
 
-def speculative_verify(
-    target: torch.Tensor, draft_probs: torch.Tensor, draft: torch.Tensor, uniforms: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speculative sampling against the RSD distribution (DESIGN §2, "Fast and exact").
+class Target(NamedTuple):
+    """P, what one RSD step emits, on the union of T's and S's supports: the first Kt columns are T's
+    support (P = T alpha scale + miss S there), the rest S's tokens outside it (P = miss S). probs
+    [n, Kt + Ks] (float64), ids [n, Kt + Ks]; mass [n] (m = sum T alpha); student_at_t [n, Kt]."""
 
-    target [B, K+1, V]: P at each draft position and one past the last; draft_probs [B, K, V]: S, the
-    distribution each draft token was drawn from; draft [B, K]; uniforms [B, K+1] (float64): K
-    acceptance coins and one draw for the final token.
-    Output tokens = accepted drafts + one more: at the first rejection a token from
-    normalise(max(0, P - S)) (the recovered token), or, when all K are accepted, a bonus token from P.
-    Returns accepted [B] (how many drafts were kept) and the final token [B].
-    """
+    probs: torch.Tensor
+    ids: torch.Tensor
+    mass: torch.Tensor
+    student_at_t: torch.Tensor
+
+    def at(self, query: torch.Tensor) -> torch.Tensor:
+        """P of tokens query [n, q] -> [n, q] (float64)."""
+        return _lookup(self.ids, self.probs, self.probs > 0, query)
+
+    def residual(self) -> torch.Tensor:
+        """max(0, P - S) [n, Kt] on T's support: off it P = miss S <= S."""
+        width = self.student_at_t.shape[-1]
+        return (self.probs[:, :width] - self.student_at_t.double()).clamp(min=0.0)
+
+
+def stack_supports(supports: list[Support]) -> Support:
+    """Supports [B, W_j] of K+1 positions -> one [B(K+1), W] (row-major: a row's positions together),
+    zero-padded to the widest (keys -inf: still sorted)."""
+    width = max(s.probs.shape[-1] for s in supports)
+
+    def stacked(parts, value):
+        return torch.stack([torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=value) for x in parts], 1)
+
+    return Support(
+        stacked([s.probs for s in supports], 0.0).flatten(0, 1),
+        stacked([s.ids for s in supports], 0).flatten(0, 1),
+        stacked([s.keys for s in supports], -math.inf).flatten(0, 1),
+    )
+
+
+def rsd_target(proposal: Support, alpha: torch.Tensor, student: Support, trials: int) -> Target:
+    """The closed form (module docstring) on supports: proposal T [n, Kt] with alpha [n, Kt], S [n, Ks]."""
+    t = proposal.probs.double()
+    accepted = t * alpha.double()  # [n, Kt]
+    m = accepted.sum(-1, keepdim=True)  # [n, 1]
+    miss = (1.0 - m).clamp(min=0.0) ** trials
+    scale = torch.where(m > 0, (1.0 - miss) / m.clamp_min(1e-300), torch.full_like(m, float(trials)))
+    s_at_t = student.at(proposal.ids)  # [n, Kt]
+    on_t = torch.where(t > 0, accepted * scale + miss * s_at_t.double(), 0.0)
+    outside = 1.0 - _member(student.ids, proposal.ids, proposal.probs > 0)  # S's tokens not in T's support
+    off_t = miss * student.probs.double() * outside.double()
+    return Target(torch.cat([on_t, off_t], -1), torch.cat([proposal.ids, student.ids], -1), m.squeeze(-1), s_at_t)
+
+
+def speculative_verify_support(
+    targets: Target, student_draft: torch.Tensor, draft: torch.Tensor, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling against P, on supports. targets: P at [B(K+1)] positions (row-major: the K
+    drafts then one past them); student_draft [B, K]: S of each draft token (> 0: drawn from S); draft
+    [B, K]; uniforms [B, K+1] (float64): K acceptance coins and one draw for the final token.
+    Output tokens = accepted drafts + one more: at the first rejection a token from max(0, P - S) (the
+    recovered token), or, when all K are accepted, a bonus token from P.
+    Returns accepted [B] (how many drafts were kept) and the final token [B]."""
     batch, k = draft.shape
-    p_draft = target[:, :k].gather(-1, draft[..., None]).squeeze(-1).double()  # [B, K]
-    s_draft = draft_probs.gather(-1, draft[..., None]).squeeze(-1).double()  # [B, K]; > 0: drawn from S
-    keep = uniforms[:, :k] < (p_draft / s_draft.clamp_min(1e-300)).clamp(max=1.0)  # [B, K]
-    accepted = keep.long().cumprod(-1).sum(-1)  # [B]: index of the first rejection, or K
     rows = torch.arange(batch, device=draft.device)
-    p_last = target[rows, accepted].double()  # [B, V]
-    s_last = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, draft_probs.shape[-1])], 1)[
-        rows, accepted
-    ]
-    residual = (p_last - s_last.double()).clamp(min=0.0)  # = P where no draft was rejected (bonus)
-    # A rejection where P - S has no positive mass can only come from rounding; P is then the answer.
-    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_last)
-    return accepted, sample_from(residual, uniforms[:, k:]).squeeze(-1)
+    positions = rows[:, None] * (k + 1) + torch.arange(k, device=draft.device)  # [B, K] into the flat targets
+    p_draft = _lookup(targets.ids[positions.flatten()], targets.probs[positions.flatten()],
+                      targets.probs[positions.flatten()] > 0, draft.reshape(-1, 1)).view(batch, k)  # fmt: skip
+    keep = uniforms[:, :k] < (p_draft / student_draft.double().clamp_min(1e-300)).clamp(max=1.0)  # [B, K]
+    accepted = keep.long().cumprod(-1).sum(-1)  # [B]: index of the first rejection, or K
+    last = rows * (k + 1) + accepted  # [B] the position of the final token
+    residual, everything = targets.residual()[last], targets.probs[last]  # [B, Kt], [B, Kt + Ks]
+    width = residual.shape[-1]
+    # at a rejection, max(0, P - S); after K acceptances (S is zero there) or where P - S has no positive
+    # mass (rounding), P itself
+    use_residual = (accepted < k) & (residual.sum(-1) > 0)
+    pad = everything.new_zeros(batch, everything.shape[-1] - width)
+    dist = torch.where(use_residual[:, None], torch.cat([residual, pad], -1), everything)
+    final = targets.ids[last].gather(-1, sample_from(dist, uniforms[:, k:]))  # [B, 1]
+    return accepted, final.squeeze(-1)
 
 
 def rsd_explain(
@@ -337,7 +280,7 @@ def rsd_explain(
 class Support(NamedTuple):
     """A distribution on each row's support: probs [B, K] (float32, zero-padded), token ids [B, K] and
     their sort keys [B, K] (the logits the cuts were decided on; ``-inf`` on padding), sorted by key,
-    descending. Scattered onto [B, V] (``dense``) it is the distribution ``probs_from_logits`` gives."""
+    descending. Scattered onto [B, V] (``dense``) it is the distribution the dense reference gives."""
 
     probs: torch.Tensor
     ids: torch.Tensor
@@ -397,7 +340,13 @@ class RawScores:
 def support_from_logits(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, logprobs: str = "none"
 ) -> Support:
-    """``probs_from_logits`` on each row's support (same arguments, same distribution, same ties).
+    """A distribution from logits [B, V] (``-inf``: masked tokens), on each row's support.
+
+    ``logprobs`` says which one (the paper's code read top-k log-probabilities from vLLM): ``none``,
+    the sampler's own (temperature, then top-k, then top-p); ``raw``, vLLM's
+    ``logprobs_mode="raw_logprobs"`` (the top-k of the plain softmax, renormalised); ``processed``,
+    ``processed_logprobs`` (temperature, then top-p over the whole vocabulary, then the top-k of that,
+    renormalised). Temperature 0 is greedy (uniform over the tied maxima); top_k 0 and top_p 1 are off.
 
     A row's support, and so its draws, depend only on that row: the top-k widens per row (64, 256,
     ...) until it holds every token tied with the k-th, or the whole nucleus with its last tie group.
@@ -492,6 +441,7 @@ def _lookup(
     """values [B, K] at the entries of ids [B, K] matching query [B, n] -> [B, n] (`missing` where
     none; an entry not ``valid`` never matches). Sort and binary search: K and n may both be thousands."""
     keys, order = torch.where(valid, ids, -1).sort(-1)
+    query = query.contiguous()
     pos = torch.searchsorted(keys, query).clamp_(max=keys.shape[-1] - 1)
     hit = keys.gather(-1, pos) == query
     return torch.where(hit, values.gather(-1, order.gather(-1, pos)), missing)
