@@ -34,3 +34,32 @@ def questions_file(tmp_path):
     rows = [{"question": f"What is {a} + {a + 1}?", "answer": f"#### {2 * a + 1}"} for a in range(5)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_models(request):
+    """The demo's tiny teacher and student, trained (about 2.5 minutes on 2 idle cores) or taken from
+    the demo's model cache: random models write no well-formed answers, so nothing would pass select.
+    Training them shows its progress bars (pytest's capture is lifted for it)."""
+    import sys
+
+    from ownwords.demo import SCALES, cache_entries, tiny_pair
+    from ownwords.files import cache_dir
+
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        cache = cache_dir() / "demo"
+        if not all((p / "model.safetensors").exists() for p in cache_entries(cache, SCALES["quick"])):
+            sys.stderr.write(f"\ntraining the demo's tiny models once (cached in {cache})\n")
+        return tiny_pair(cache, SCALES["quick"], fresh=False)
+
+
+@pytest.fixture(scope="session")
+def task(tmp_path_factory):
+    """A few train and test questions of the demo's task."""
+    from ownwords.demo import write_split
+
+    folder = tmp_path_factory.mktemp("task")
+    write_split(folder / "train.jsonl", 12, seed=1)
+    write_split(folder / "test.jsonl", 12, seed=2, exclude=folder / "train.jsonl")
+    return folder

@@ -4,6 +4,7 @@ a(x) without padded logit columns."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -134,7 +135,8 @@ def test_scores_and_proposals_ignore_padded_logit_columns(pair):
     s_logits, t_logits = torch.randn(64, width_s), torch.randn(64, width_t)
     s_logits[:, align.student_size :] = 50.0
     t_logits[:, align.teacher_size :] = 50.0
-    records = engine._step(s_logits, t_logits, [torch.Generator().manual_seed(i) for i in range(64)])
+    rows = [SimpleNamespace(generator=torch.Generator().manual_seed(i)) for i in range(64)]  # _step reads a row's generator
+    records = engine._step(s_logits, t_logits, rows)
     plain = s_logits[:, : align.student_size].softmax(-1)
     for row, (token, t_prob, score, _, _) in enumerate(records):
         assert token < align.student_size and t_prob > 0

@@ -141,6 +141,7 @@ class Engine:
         stop_strings: tuple[str, ...] = (),
         batch_size: int = 16,
         speculate: int = 0,
+        observer=None,
     ):
         if (teacher is None) != (alignment is None):
             raise ValueError("a teacher needs a vocabulary alignment, and an alignment needs a teacher")
@@ -156,6 +157,9 @@ class Engine:
         self.stats = dict(teacher_forwards=0, student_forwards=0, tokens=0, drafted=0, accepted=0)
         self.student, self.tokenizer, self.teacher, self.alignment = student, student_tokenizer, teacher, alignment
         self.sampling, self.rsd = sampling, rsd
+        # called with (the rows' requests, T, the student's scores) at every plain step with a teacher
+        # (ownwords probe's view of what could be accepted); it must not draw from the rows' generators
+        self.observer = observer
         self.max_new_tokens, self.max_length, self.batch_size = max_new_tokens, max_length, batch_size
         self.stop_ids = stop_token_ids(student, student_tokenizer)
         self.stop_strings = tuple(stop_strings)
@@ -282,7 +286,7 @@ class Engine:
         s_logits = s_cache.append(slots, prompts)[:, -1]
         t_logits = t_cache.append(slots, t_prompts)[:, -1] if t_cache is not None else None
         self.stats["tokens"] += len(rows)
-        return [[record] for record in self._step(s_logits, t_logits, [r.generator for r in rows])]
+        return [[record] for record in self._step(s_logits, t_logits, rows)]
 
     def _plain(self, rows: list[_Row], s_cache: SlotCache, t_cache: SlotCache | None) -> list[list[Emitted] | None]:
         """Plain RSD: feed every row's pending token, emit one token per row (None: no room left)."""
@@ -300,16 +304,17 @@ class Engine:
             t_logits = t_cache.append(slots, [p for p, ok in zip(pieces, room, strict=True) if ok])[:, -1]
             self.stats["teacher_forwards"] += 1
         self.stats["tokens"] += len(going)
-        records = iter(self._step(s_logits, t_logits, [r.generator for r in going]))
+        records = iter(self._step(s_logits, t_logits, going))
         return [[next(records)] if ok else None for ok in room]
 
     @torch.inference_mode()
-    def _step(self, s_logits: torch.Tensor, t_logits: torch.Tensor | None, generators) -> list[Emitted]:
+    def _step(self, s_logits: torch.Tensor, t_logits: torch.Tensor | None, rows: list[_Row]) -> list[Emitted]:
         """One token for every row. S and T are kept on each row's support (a few dozen tokens after
         top-k / top-p), so no step pays for several passes over a 150k-token vocabulary."""
         s_logits = s_logits[:, : self.vocab]  # [B, Vs]; padded embedding columns ignored
         student = self.sampling.support(s_logits)  # S: [B, Ks]
         scores = RawScores(s_logits) if self.rsd.score == "raw" else student
+        generators = [r.generator for r in rows]
         if t_logits is None:
             # S only: one draw; fallback-only RSD: the same 2N + 1 draws RSD makes, its last one
             n = 2 * self.rsd.trials + 1 if self.fallback_only else 1
@@ -319,6 +324,8 @@ class Engine:
             tried = torch.full_like(tokens, self.rsd.trials if self.fallback_only else 0)
         else:
             proposal = proposal_support(t_logits, self.sampling, self.alignment)  # T: [B, Kt]
+            if self.observer is not None:
+                self.observer([r.trace.request for r in rows], proposal, scores)
             alpha = self.rsd.rule.on_support(proposal, scores)  # [B, Kt]
             u = uniforms_for(generators, 2 * self.rsd.trials + 1).to(s_logits.device)
             tokens, fallback, tried = rsd_sample(

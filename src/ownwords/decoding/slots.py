@@ -65,6 +65,9 @@ def kv_bytes_per_token(model) -> int:
     return 2 * config.num_hidden_layers * heads * head_dim * torch.finfo(model.dtype).bits // 8
 
 
+FREE_SHARE = 0.9  # of the device's free memory a KV layout may take (activations need the rest)
+
+
 def free_memory(device: torch.device) -> int:
     """Bytes the device can still give: CUDA's free memory, or the host's available memory."""
     if device.type == "cuda":
@@ -78,9 +81,9 @@ def free_memory(device: torch.device) -> int:
 
 
 def check_fits(needs: dict[str, int], rows: int, capacity: int, device: torch.device) -> None:
-    """Refuse, naming the numbers, a KV layout the device cannot hold (90% of its free memory)."""
+    """Refuse, naming the numbers, a KV layout the device cannot hold (FREE_SHARE of its free memory)."""
     total, free = sum(needs.values()), free_memory(device)
-    if total > 0.9 * free:
+    if total > FREE_SHARE * free:
         parts = " + ".join(f"{name} {b / 2**30:.2f} GiB" for name, b in needs.items())
         raise UserError(
             f"the KV cache needs {total / 2**30:.2f} GiB ({parts}: {rows} rows x {capacity} tokens) but {device} has "
