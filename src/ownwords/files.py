@@ -12,6 +12,11 @@ from pathlib import Path
 
 from .errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no file locks
+    fcntl = None
+
 
 def display_name(name_or_path: str) -> str:
     """A model as tables, plots and reports name it: a folder's last part, a hub id's name."""
@@ -114,3 +119,22 @@ def environment_error(err: BaseException) -> str | None:
     if err.errno in FULL:
         return f"no space left on the device{where}: free space and run the same command again (finished work is kept)"
     return f"permission denied{where} ({err.strerror}): make it writable, or write elsewhere"
+
+
+def hold_lock(path: Path, busy: UserError | None, waiting=None):
+    """An exclusive lock on the file `path`, held while the returned handle is open (the OS drops it
+    when the holder dies). If another process holds it: raises `busy`, or, when `busy` is None, calls
+    `waiting()` and waits for it. None where there are no file locks (not POSIX)."""
+    if fcntl is None:
+        return None
+    handle = open(path, "a+")  # noqa: SIM115 -- held open by the caller
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if busy is not None:
+            handle.close()
+            raise busy from None
+        if waiting is not None:
+            waiting()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle

@@ -23,11 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import MissingInput, UserError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no run locks
-    fcntl = None
+from ..files import fcntl, hold_lock  # noqa: F401 (hold_lock: part of this module's API)
 
 APPLICATION_ID = 0x4F574E44  # "OWND": marks an SQLite file as an ownwords store
 SCHEMA = """
@@ -76,25 +72,6 @@ JSON_COLUMNS = ("token_ids", "teacher_probs", "scores", "fallbacks", "trials")
 class StoreError(UserError):
     """The store cannot be used as asked (missing, foreign, read-only, locked, or a run resumed
     with another config)."""
-
-
-def hold_lock(path: Path, busy: UserError | None, waiting=None):
-    """An exclusive lock on the file `path`, held while the returned handle is open (the OS drops it
-    when the holder dies). If another process holds it: raises `busy`, or, when `busy` is None, calls
-    `waiting()` and waits for it. None where there are no file locks (not POSIX)."""
-    if fcntl is None:
-        return None
-    handle = open(path, "a+")  # noqa: SIM115 -- held open by the caller
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if busy is not None:
-            handle.close()
-            raise busy from None
-        if waiting is not None:
-            waiting()
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
 
 
 class TraceStore:

@@ -18,6 +18,7 @@ from ..errors import MissingInput, UserError
 from ..files import display_name, file_sha256  # noqa: F401 (display_name: part of this module's API)
 from ..rsd.vocab import VocabAlignment, align_vocabularies
 from .facts import logits_width
+from .gguf import gguf_folder, is_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def _resolve(name_or_path: str) -> tuple[str, bool]:
     hold a model; a name that can only be a path (``./x``, ``~/x``, ``a/b/c``) and is not there is
     said to be missing at once, never looked up on the hub. A hub id is taken from the cache when
     the hub cannot be reached (or HF_HUB_OFFLINE is set), instead of retrying for minutes."""
+    if is_gguf(name_or_path):
+        return gguf_folder(name_or_path), False
     local = Path(name_or_path).expanduser()
     if local.exists():
         if not (local / "config.json").exists():
@@ -69,6 +72,12 @@ def _resolve(name_or_path: str) -> tuple[str, bool]:
         )
         raise MissingInput(f"model {name_or_path!r}: no such folder here, and not a cached hub model ({why})")
     return name_or_path, False
+
+
+def model_source(name_or_path: str) -> str:
+    """What another library (vLLM) should load for this model: the local folder (a GGUF file's
+    converted one) or the hub id, checked as `load_model` checks it."""
+    return _resolve(name_or_path)[0]
 
 
 def _cached(repo_id: str) -> bool:
@@ -146,8 +155,10 @@ def model_fingerprint(name_or_path: str) -> str:
     """What a model is: for a local folder, a hash of the content of its files (weights, config,
     tokenizer; not a training's summary or plot), so new weights at the same path are a new model and
     a moved or copied folder is the same one (hashes are memoised per file version); for a hub id,
-    the id itself (pin a revision by downloading it to a folder)."""
+    the id itself (pin a revision by downloading it to a folder); for a GGUF file, its bytes."""
     local = Path(name_or_path).expanduser()
+    if is_gguf(name_or_path) and local.is_file():
+        return file_sha256(local)[:16]
     if not local.is_dir():
         return name_or_path
     digest = hashlib.sha256()
