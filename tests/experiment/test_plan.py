@@ -52,7 +52,7 @@ def test_expand_refuses_students_with_one_folder_name():
         expand(config(students=["x/m", "y/m"]))
 
 
-@pytest.mark.parametrize("stage", ["generate", "select", "export", "eval", "analyze", "experiment", "demo", "tiny"])
+@pytest.mark.parametrize("stage", ["generate", "select", "export", "eval", "analyze", "probe", "experiment", "demo", "tiny", "prune"])
 def test_a_stage_help_imports_no_model_code(stage):
     """`ownwords <stage> --help` parses with the torch-free config (train's is TRL's SFTConfig: torch)."""
     probe = (

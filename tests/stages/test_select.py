@@ -6,6 +6,7 @@ import pytest
 
 from ownwords.cli import main
 from ownwords.data.store import TraceStore
+from ownwords.errors import UserError
 from ownwords.stages.export import ExportConfig, export
 from ownwords.stages.select import SelectConfig, select
 
@@ -92,6 +93,27 @@ def test_policies_and_switches(store):
     report = select(SelectConfig(store=str(store), require_correct=False, policy="all"))
     assert statuses(store)[("q1", 2)][0] == "chosen" and report["dropped"]["correct"] == 0
     assert select(SelectConfig(store=str(store), max_fallback_rate=0.9))["dropped"]["fallback_rate"] == 0
+
+
+def test_least_surprising_keeps_the_trace_of_lowest_mean_nll_under_the_student(tmp_path, tiny_pair):
+    """q1's short trace is the shortest but the student finds it surprising; its long one is not."""
+    path = tmp_path / "ls.sqlite"
+    scores = {0: [0.9] * 40, 1: [0.1] * 10, 2: [0.95] * 5 + [1e-4] * 15}  # mean NLL 0.105, 2.30, 6.95
+    with TraceStore(path) as st:
+        st.open_run("default", {"student": str(tiny_pair[1]), "generation_prefix": "<think>\n", "score": "raw"})
+        for idx, a in scores.items():
+            st.add("default", dict(question_id="q1", sample_index=idx, seed=idx, question="Q?", answer="4",
+                                   prompt=PROMPT, text=GOOD, token_ids=[5] * len(a), teacher_probs=[0.5] * len(a),
+                                   scores=a, fallbacks=[0] * len(a), trials=[1] * len(a), n_tokens=len(a),
+                                   n_fallbacks=0, finish_reason="eos", wall_seconds=0.1))  # fmt: skip
+    select(SelectConfig(store=str(path)))
+    assert statuses(path)[("q1", 1)][0] == "chosen"  # shortest
+    select(SelectConfig(store=str(path), policy="least_surprising"))
+    assert [statuses(path)[("q1", i)][0] for i in range(3)] == ["chosen", "passed", "passed"]
+    with TraceStore(path) as st:
+        st.db.execute("UPDATE runs SET config = ? WHERE run = 'default'", (json.dumps({"score": "processed"}),))
+    with pytest.raises(UserError, match="least_surprising ranks traces by the student's log-likelihood"):
+        select(SelectConfig(store=str(path), policy="least_surprising"))
 
 
 def test_export_formats_round_trip(store, tmp_path):

@@ -191,3 +191,43 @@ def test_stdout_carries_the_summary_only(tiny_pair, traces, tmp_path, capfd):
     out, err = capfd.readouterr()
     assert json.loads(out)["steps"] == 3  # the whole of stdout is one JSON document
     assert "{'loss'" not in out and "loss=" in err
+
+
+def test_mask_under_takes_the_loss_off_exactly_the_tokens_the_student_scores_under_it(tiny_pair, traces, tmp_path):
+    """The mask arm's data: after TRL's tokenisation, the loss is off on the prompt and on exactly the
+    completion tokens the base student gives under p_th -- checked against an independent scoring (one
+    plain forward pass per example, no cache) of the same tokens."""
+    import torch
+    from trl import SFTTrainer
+
+    from ownwords.models.loading import load_model
+    from ownwords.stages.train import load_traces, mask_hard_tokens
+
+    _, student = tiny_pair
+    model, tokenizer = load_model(str(student), "cpu", "float32")
+    config = TrainConfig(model=str(student), dataset=str(traces), output_dir=str(tmp_path / "m"), use_cpu=True,
+                         mask_under=0.002, report_to=[])  # fmt: skip
+    data = SFTTrainer(model, args=config, train_dataset=load_traces(str(traces)), processing_class=tokenizer).train_dataset
+    masked = mask_hard_tokens(data, model, tokenizer, config)
+    under = total = 0
+    for before, after in zip(data, masked, strict=True):
+        ids = torch.tensor([before["input_ids"]])
+        with torch.no_grad():
+            probs = model(ids).logits[0, :-1, : len(tokenizer)].softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        for j, (label, new) in enumerate(zip(before["labels"], after["labels"], strict=True)):
+            if label == -100:  # the prompt (and anything else TRL left out) stays out
+                assert new == -100
+                continue
+            total += 1
+            hard = j > 0 and probs[j - 1] < config.mask_under
+            under += hard
+            assert new == (-100 if hard else label), (j, float(probs[j - 1]))
+    assert 0 < under < total  # the random tiny student finds some tokens hard, not all
+
+
+def test_a_masked_training_reports_what_it_took_out(tiny_pair, traces, tmp_path):
+    _, student = tiny_pair
+    config = TrainConfig(model=str(student), dataset=str(traces), output_dir=str(tmp_path / "m"), use_cpu=True,
+                         max_steps=2, effective_batch_size=4, mask_under=0.002, report_to=[], disable_tqdm=True)  # fmt: skip
+    summary = train(config)
+    assert 0 < summary.masked_tokens < summary.supervised_tokens

@@ -31,6 +31,9 @@ from .task import write_split
 logger = logging.getLogger(__name__)
 
 
+QUICK_ARMS = ("teacher", "rsd", "self")
+
+
 def demo_experiment(config: DemoConfig, out: Path, scale: Scale) -> ExperimentConfig:
     """The recipe `demo`, pointed at OUT's models and data; --quick: one seed, fewer epochs."""
     experiment = load_experiment(find_recipe("demo"))
@@ -41,12 +44,15 @@ def demo_experiment(config: DemoConfig, out: Path, scale: Scale) -> ExperimentCo
     )
     experiment.questions = str(out / "data" / "arithmetic_train.jsonl")
     experiment.seeds = config.seeds
+    if config.quick:  # the four rows: base, teacher, rsd, self (the controls take the full demo's time)
+        experiment.arms = [a for a in experiment.arms if a["name"] in QUICK_ARMS]
     experiment.sections["eval"]["data"] = [str(out / "data" / "arithmetic_test.jsonl")]
     experiment.sections["train"]["num_train_epochs"] = scale.sft_epochs
     experiment.sections["generate"]["samples"] = scale.samples
     for section in ("generate", "eval"):
         experiment.sections[section]["threads"] = config.threads
-    experiment.sections["train"]["threads"] = config.threads
+    for section in ("train", "distill"):
+        experiment.sections[section]["threads"] = config.threads
     return experiment
 
 

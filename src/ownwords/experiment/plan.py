@@ -36,7 +36,14 @@ KINDS = {
     "teacher": ("the teacher's own traces (p_th = 0)", dict(rule="threshold", threshold=0.0)),
     "rsd": ("RSD traces (any rule and value)", {}),
     "self": ("the student's own traces (p_th > 1: nothing accepted)", dict(rule="threshold", threshold=2.0)),
-}
+    "mask": ("the teacher's traces, trained with the loss off on the tokens the student scores under mask_under",
+             dict(rule="threshold", threshold=0.0)),
+    "onpolicy": ("on-policy distillation (TRL's DistillationTrainer) from the base student or `from` an arm's", {}),
+}  # fmt: skip
+TEACHER_TRACES = ("teacher", "mask")  # generated once, trained into every student, no rounds
+# An arm's own keys besides its generate options: which kinds take them.
+ARM_KEYS = {"select": None, "mask_under": ("mask",), "from": ("onpolicy",), "match": ("self",)}
+MATCH_CAP = 16  # a compute-matched self arm may draw up to this many times the section's samples
 SECTIONS = {
     "generate": GenerateConfig,
     "select": SelectConfig,
@@ -44,6 +51,7 @@ SECTIONS = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "analyze": AnalyzeConfig,
+    "distill": None,  # DistillConfig: TRL's, so imported when an onpolicy arm needs it
 }
 # Fields the experiment sets itself (wiring stages together); a section may not set them.
 OWNED = {
@@ -53,15 +61,18 @@ OWNED = {
     "train": {"model", "dataset", "output_dir", "seed"},
     "eval": {"models", "out", "workers", "ray_address"},
     "analyze": {"students", "store", "runs", "datasets", "out"},
+    "distill": {"model", "teacher", "questions", "output_dir", "seed"},
 }
 # Fields that are models (they enter a digest by their content fingerprint, or, when the experiment
 # makes them, by the digest of the stage that does), input files (by their bytes) and output places
 # (by their place inside the experiment folder): never by the path string, so another path to the
 # same folder, or a moved or copied folder, changes no digest.
-MODELS = {"generate": ("teacher", "student"), "train": ("model",), "eval": ("models",), "analyze": ("students",)}
-FILES = {"generate": ("questions",), "train": ("dataset",), "analyze": ("datasets",)}
-PLACES = {"generate": ("store",), "select": ("store",), "export": ("store", "out"), "train": ("output_dir",),
-          "eval": ("out",), "analyze": ("store", "out")}  # fmt: skip
+MODELS = {"generate": ("teacher", "student"), "train": ("model",), "eval": ("models",), "analyze": ("students",),
+          "distill": ("model", "teacher")}  # fmt: skip
+FILES = {"generate": ("questions",), "train": ("dataset",), "analyze": ("datasets",), "distill": ("questions",),
+         "split": ("questions",)}  # fmt: skip
+PLACES = {"split": ("train", "dev"), "generate": ("store",), "select": ("store",), "export": ("store", "out"), "train": ("output_dir",),
+          "eval": ("out",), "analyze": ("store", "out"), "distill": ("output_dir",)}  # fmt: skip
 # Eval's data enters its digest by the files the benchmarks read, not by how they were named.
 BY_FILES = {"eval": {"data", "data_dir"}}
 
@@ -79,15 +90,21 @@ class ExperimentConfig:
     cross_train: bool = False
     workers: int = 1
     ray_address: str | None = None
+    dev_fraction: float | None = None  # of the questions held out as a dev split (a sweep's value is chosen there)
+    dev_benchmark: str | None = None  # the benchmark whose format and grading the questions follow
     sections: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str  # after sweep expansion: "rsd", "sweep@threshold=0.03"
-    kind: str  # teacher | rsd | self
+    kind: str  # teacher | rsd | self | mask | onpolicy
     options: dict  # generate options of this arm
     swept: tuple[str, Any] | None = None  # (option, value) for an arm of a sweep
+    select: dict = field(default_factory=dict)  # select options of this arm (e.g. policy: least_surprising)
+    mask_under: float | None = None  # mask: the p_th under which the student's tokens get no loss
+    source: str | None = None  # onpolicy: the arm whose trained students it starts from (None: the base)
+    match: str | None = None  # self: the RSD arm whose generated tokens it matches
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,7 @@ class TraceSet:
     round: int
     acceptor: str  # key of the model that writes and accepts the traces: the base student in round 1,
     #               the round before's seed-0 model after it
+    match: str | None = None  # a compute-matched self set: the label of the RSD set whose tokens it matches
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,24 @@ class ModelEntry:
     round: int = 0
     start: str | None = None  # key of the model it was fine-tuned from
     cross: bool = False  # fine-tuned on another student's RSD traces
+    arm: str | None = None  # the arm that made it (None: a base student)
+
+    @property
+    def maker(self) -> list[str]:
+        """The stage that makes this model ([] for a base student)."""
+        if self.arm is None:
+            return []
+        return [f"{'train' if self.trace_set is not None else 'distill'}/{self.key}"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A sweep whose value is chosen on the dev split, for one student and round: its arms' models are
+    evaluated on dev only, and the chosen arm's on the test benchmarks."""
+
+    name: str  # "sweep", "sweep~student", "sweep.r2": its report row and its stages' names
+    option: str  # the swept generate option
+    arms: dict  # arm name -> (value, {seed: model key}), in the sweep's order
 
 
 @dataclass
@@ -140,6 +176,7 @@ class Plan:
     stages: list[Stage]
     trace_sets: dict[str, TraceSet]
     models: dict[str, ModelEntry]
+    choices: dict[str, Choice] = field(default_factory=dict)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -188,6 +225,10 @@ def _check_top(config: ExperimentConfig, where: str) -> None:
         (all(isinstance(getattr(config, k), str) for k in ("teacher", "questions", "out")), "teacher",
          "teacher, questions and out as strings"),
         (config.name is None or isinstance(config.name, str), "name", "a string"),
+        (config.dev_fraction is None or (isinstance(config.dev_fraction, int | float)
+         and not isinstance(config.dev_fraction, bool) and 0 < config.dev_fraction < 1), "dev_fraction",
+         "a fraction in (0, 1) of the questions to hold out"),
+        (config.dev_benchmark is None or isinstance(config.dev_benchmark, str), "dev_benchmark", "a benchmark name"),
     ]  # fmt: skip
     for ok, key, expected in checks:
         if not ok:
@@ -208,11 +249,14 @@ def expand_arms(arms: list[dict]) -> list[Arm]:
         if kind not in KINDS:
             raise UserError(f"{where}: kind {kind!r} is unknown; expected one of {sorted(KINDS)}")
         check_name(name, f"{where}: name")
+        own = _arm_keys(arm, kind, where, [a.name.split("@")[0] for a in out])
         for key in arm:
             if key not in known or key in OWNED["generate"]:
                 raise UserError(f"{where}: {key!r} is not a generate option an arm may set")
             if key in KINDS[kind][1]:
                 raise UserError(f"{where}: a {kind!r} arm fixes {key!r} ({KINDS[kind][0]}); drop it")
+            if kind == "onpolicy":
+                raise UserError(f"{where}: an onpolicy arm generates no traces; its options go in section 'distill'")
         swept = [k for k, v in arm.items() if isinstance(v, list) and k not in lists]
         if len(swept) > 1:
             raise UserError(f"{where}: sweeps {swept}; an arm sweeps one option (make one arm per sweep)")
@@ -221,8 +265,29 @@ def expand_arms(arms: list[dict]) -> list[Arm]:
         for position, value in enumerate(arm[swept[0]] if swept else [None], 1):
             options = arm | ({swept[0]: value} if swept else {})
             label = check_name(f"{name}@{swept[0]}={value_name(value, position)}" if swept else name, where)
-            out.append(Arm(label, kind, options, (swept[0], value) if swept else None))
+            out.append(Arm(label, kind, options, (swept[0], value) if swept else None, **own))
     return out
+
+
+def _arm_keys(arm: dict, kind: str, where: str, before: list[str]) -> dict:
+    """Pop and check an arm's own keys (not generate options): select, mask_under, from, match."""
+    for key, kinds in ARM_KEYS.items():
+        if key in arm and kinds is not None and kind not in kinds:
+            raise UserError(f"{where}: {key!r} is for {' and '.join(kinds)} arms, not {kind!r}")
+    select = arm.pop("select", None) or {}
+    if not isinstance(select, dict):
+        raise UserError(f"{where}: 'select' must be a mapping of select options")
+    wrong = sorted(set(select) - {f.name for f in dataclasses.fields(SelectConfig)} | (set(select) & OWNED["select"]))
+    if wrong:
+        raise UserError(f"{where}: select option {wrong[0]!r} is not one an arm may set")
+    mask_under = arm.pop("mask_under", 0.01 if kind == "mask" else None)
+    if mask_under is not None and not (isinstance(mask_under, int | float) and 0 < mask_under <= 1):
+        raise UserError(f"{where}: mask_under is {mask_under!r}; expected a probability in (0, 1]")
+    source, match = arm.pop("from", None), arm.pop("match", None)
+    for key, value in (("from", source), ("match", match)):
+        if value is not None and value not in before:
+            raise UserError(f"{where}: {key} {value!r} names no arm listed before this one ({before or 'none'})")
+    return dict(select=select, mask_under=mask_under, source=source, match=match)
 
 
 def expand(config: ExperimentConfig) -> tuple[list[TraceSet], dict[str, ModelEntry]]:
@@ -247,7 +312,7 @@ def expand(config: ExperimentConfig) -> tuple[list[TraceSet], dict[str, ModelEnt
         if key in models:
             raise UserError(f"two models would be named {key!r}; rename an arm or a student's folder")
         models[key] = ModelEntry(key, str(out / "models" / key), target, trace_set.label, seed, trace_set.round,
-                                 start, cross)  # fmt: skip
+                                 start, cross, trace_set.arm.name)  # fmt: skip
         return key
 
     def add(trace_set: TraceSet) -> TraceSet:
@@ -262,25 +327,47 @@ def expand(config: ExperimentConfig) -> tuple[list[TraceSet], dict[str, ModelEnt
         return trace_set
 
     seeds = range(config.seeds)
+    made: dict[tuple[str, str], dict[int, str]] = {}  # (arm name, student tag) -> its last models by seed
     for arm in expand_arms(config.arms):
-        if arm.kind == "teacher":
+        if arm.kind in TEACHER_TRACES:
             add(TraceSet(arm.name, arm, tags[0], 1, tags[0]))
             for tag in tags:
+                made[(arm.name, tag)] = {seed: train(sets[-1], tag, seed, tag) for seed in seeds}
+            continue
+        if arm.kind == "onpolicy":
+            for tag in tags:
+                start = made.get((arm.source, tag), dict.fromkeys(seeds, tag)) if arm.source else dict.fromkeys(seeds, tag)
+                made[(arm.name, tag)] = {}
                 for seed in seeds:
-                    train(sets[-1], tag, seed, tag)
+                    key = arm.name + (f"~{tag}" if len(tags) > 1 else "") + f"-seed{seed}"
+                    if key in models:
+                        raise UserError(f"two models would be named {key!r}; rename an arm or a student's folder")
+                    models[key] = ModelEntry(key, str(out / "models" / key), tag, None, seed, 1, start[seed], arm=arm.name)
+                    made[(arm.name, tag)][seed] = key
             continue
         for tag in tags:
             start = dict.fromkeys(seeds, tag)  # each seed's starting model
             for rnd in range(1, config.rounds + 1):
                 label = arm.name + (f"~{tag}" if len(tags) > 1 else "") + (f".r{rnd}" if rnd > 1 else "")
-                add(TraceSet(label, arm, tag, rnd, start[0]))
+                add(TraceSet(label, arm, tag, rnd, start[0], _matched(arm, tag, rnd, sets)))
                 own = {seed: train(sets[-1], tag, seed, start[seed]) for seed in seeds}
                 if config.cross_train and rnd == 1 and arm.kind == "rsd":
                     for other in (t for t in tags if t != tag):
                         for seed in seeds:
                             train(sets[-1], other, seed, other, cross=True)
                 start = own
+            made[(arm.name, tag)] = start
     return sets, models
+
+
+def _matched(arm: Arm, tag: str, rnd: int, sets: list[TraceSet]) -> str | None:
+    """The label of the RSD trace set a compute-matched self set matches (same student and round)."""
+    if arm.match is None:
+        return None
+    found = [s for s in sets if s.arm.name == arm.match and s.student == tag and s.round == rnd]
+    if not found or found[0].arm.kind != "rsd":
+        raise UserError(f"arm {arm.name!r}: match {arm.match!r} must name an RSD arm (one value, not a sweep)")
+    return found[0].label
 
 
 def plan(config: ExperimentConfig) -> Plan:
@@ -291,28 +378,124 @@ def plan(config: ExperimentConfig) -> Plan:
         if owned:
             raise UserError(f"section {name!r}: {owned[0]!r} is set by the experiment itself; remove it")
     sets, models = expand(config)
+    distilled = [e for e in models.values() if e.arm is not None and e.trace_set is None]
+    if distilled:
+        check_distillable(config)
     check_plan_size(len(sets), len(models))
     out = Path(config.out)
     store = str(out / "traces.sqlite")
     train_config = _train_builder(sections["train"])
     stages: list[Stage] = []
+    questions = config.questions
+    if config.dev_fraction is not None:  # generation and distillation see the training part only
+        stages.append(_split_stage(config, sections["generate"]))
+        questions = stages[0].spec["train"]
     for trace_set in sets:
-        stages += _trace_stages(config, sections, trace_set, models, store)
+        stages += _trace_stages(config, sections, trace_set, models, store, questions)
         for entry in models.values():
             if entry.trace_set == trace_set.label:
                 stages.append(_train_stage(train_config, entry, models, trace_set, out))
+    stages += [_distill_stage(config, sections["distill"], entry, models, questions) for entry in distilled]
+    choices = _choices(sets, models) if config.dev_fraction is not None else {}
+    if config.dev_fraction is not None and not choices:
+        raise UserError("dev_fraction is set but no arm sweeps an option: the dev split chooses a sweep's value; "
+                        "add a sweep (e.g. threshold: [0.01, 0.03]) or drop dev_fraction")
+    on_dev = {key for c in choices.values() for _, seeds in c.arms.values() for key in seeds.values()}
+    dev = _dev_eval(config, sections["eval"], stages[0].spec["dev"] if choices else None)
     for entry in models.values():
         spec = sections["eval"] | dict(models=[entry.path], out=str(out / "eval" / entry.key),
                                        workers=config.workers, ray_address=config.ray_address)  # fmt: skip
-        after = [] if entry.trace_set is None else [f"train/{entry.key}"]
-        stages.append(_stage(f"eval/{entry.key}", "eval", EvalConfig, spec, "section 'eval'", after))
-    scorers = [models[k].path for k in dict.fromkeys([*(m for m in models if models[m].trace_set is None),
+        if entry.key in on_dev:
+            spec |= dev | dict(out=str(out / "eval-dev" / entry.key))
+        name = f"{'dev' if entry.key in on_dev else 'eval'}/{entry.key}"
+        stages.append(_stage(name, "eval", EvalConfig, spec, "section 'eval'", entry.maker))
+    for choice in choices.values():
+        stages += _choice_stages(config, sections["eval"], choice, models, dev["benchmarks"][0])
+    scorers = [models[k].path for k in dict.fromkeys([*(m for m in models if models[m].arm is None),
                                                       *(s.acceptor for s in sets)])]  # fmt: skip
     spec = sections["analyze"] | dict(students=scorers, store=store, runs=[s.label for s in sets], out=str(out / "analysis"))
     after = [f"select/{s.label}" for s in sets] + [f"train/{s.acceptor}" for s in sets if s.round > 1]
     stages.append(_stage("analyze", "analyze", AnalyzeConfig, spec, "section 'analyze'", after))
     stages.append(Stage("report", "report", {}, None, lambda: None, dict, [s.name for s in stages]))
-    return Plan(config, stages, {s.label: s for s in sets}, models)
+    return Plan(config, stages, {s.label: s for s in sets}, models, choices)
+
+
+# -- the dev split ------------------------------------------------------------------------------
+
+
+def _split_stage(config: ExperimentConfig, generate: dict) -> Stage:
+    from .dev import SplitConfig
+
+    data = Path(config.out) / "data"
+    split = SplitConfig(config.questions, config.dev_fraction, str(data / "questions-train.jsonl"),
+                        str(data / "questions-dev.jsonl"), generate.get("split", "train"))  # fmt: skip
+    spec = dataclasses.asdict(split)
+    return Stage("split", "split", spec, SplitConfig, lambda: split, lambda: spec, [])
+
+
+def _choices(sets: list[TraceSet], models: dict[str, ModelEntry]) -> dict[str, Choice]:
+    """Each sweep's models trained into their own student, grouped by student and round."""
+    groups: dict[str, dict] = {}
+    options: dict[str, str] = {}
+    by_label = {s.label: s for s in sets}
+    for entry in models.values():
+        trace_set = by_label.get(entry.trace_set)
+        if trace_set is None or trace_set.arm.swept is None or entry.cross:
+            continue
+        arm = trace_set.arm
+        name = trace_set.label.replace(arm.name, arm.name.split("@")[0], 1)
+        if name in by_label:
+            raise UserError(f"the sweep {name!r} chosen on dev has the name of a trace set; rename one of the arms")
+        options[name] = arm.swept[0]
+        groups.setdefault(name, {}).setdefault(arm.name, (arm.swept[1], {}))[1][entry.seed] = entry.key
+    return {name: Choice(name, options[name], arms) for name, arms in groups.items()}
+
+
+def _dev_eval(config: ExperimentConfig, section: dict, dev_file: str | None) -> dict:
+    """The eval options that point an evaluation at the dev split (as the `dev_benchmark`)."""
+    if dev_file is None:
+        return {}
+    bench = config.dev_benchmark
+    if bench is None:
+        benches = build_config(EvalConfig, section | dict(models=["<model>"]), "section 'eval'").benchmarks
+        if len(benches) != 1:
+            raise UserError(
+                f"dev_benchmark is required with several eval benchmarks ({benches}): name the one whose format "
+                "and grading the training questions follow"
+            )
+        bench = benches[0]
+    return dict(benchmarks=[bench], data=[f"{bench}={dev_file}"], data_dir=None)
+
+
+def _choice_stages(config: ExperimentConfig, section: dict, choice: Choice, models, bench: str) -> list[Stage]:
+    """choose/<sweep>: the value of best dev accuracy (given the dev evaluations only); then the chosen
+    arm's models on the test benchmarks, their config read from the choice's stamp when they run."""
+    from .dev import ChooseConfig
+
+    out = Path(config.out)
+    dev = {arm: [f"dev/{key}" for key in seeds.values()] for arm, (_, seeds) in choice.arms.items()}
+    choose = ChooseConfig(choice.option, [v for v, _ in choice.arms.values()], list(choice.arms), dev, bench)
+    spec = dataclasses.asdict(choose)
+    stages = [Stage(f"choose/{choice.name}", "choose", spec, ChooseConfig, lambda: choose, lambda: spec,
+                    [s for stages in dev.values() for s in stages])]  # fmt: skip
+    seeds = next(iter(choice.arms.values()))[1]
+    for seed in seeds:
+        base = section | dict(out=str(out / "eval" / f"{choice.name}-chosen-seed{seed}"), workers=config.workers,
+                              ray_address=config.ray_address)  # fmt: skip
+        stages.append(_chosen_stage(f"eval/{choice.name}-chosen-seed{seed}", base, choice, seed, models, out))
+    return stages
+
+
+def _chosen_stage(name: str, spec: dict, choice: Choice, seed: int, models, out: Path) -> Stage:
+    build_config(EvalConfig, spec | dict(models=["<chosen>"]), "section 'eval'")  # checked now
+
+    def config():
+        stamp = json.loads((out / "stages" / f"choose/{choice.name}.json").read_text())
+        key = choice.arms[stamp["result"]["arm"]][1][seed]
+        return build_config(EvalConfig, spec | dict(models=[models[key].path]), "section 'eval'")
+
+    built = functools.cache(config)
+    return Stage(name, "eval", spec, EvalConfig, built, lambda: dataclasses.asdict(built()), [f"choose/{choice.name}"])
 
 
 def _stage(name, kind, cls, spec, where, after, presets=None) -> Stage:
@@ -321,26 +504,68 @@ def _stage(name, kind, cls, spec, where, after, presets=None) -> Stage:
     return Stage(name, kind, spec, cls, lambda: config, lambda: dataclasses.asdict(config), after)
 
 
-def _trace_stages(config, sections, trace_set: TraceSet, models, store) -> list[Stage]:
+def _trace_stages(config, sections, trace_set: TraceSet, models, store, questions: str) -> list[Stage]:
     arm, label = trace_set.arm, trace_set.label
     acceptor = models[trace_set.acceptor]
     gen = sections["generate"] | arm.options | KINDS[arm.kind][1]
     gen |= dict(
-        teacher=config.teacher, student=acceptor.path, questions=config.questions, store=store, run=label,
+        teacher=config.teacher, student=acceptor.path, questions=questions, store=store, run=label,
         workers=config.workers, ray_address=config.ray_address,
     )  # fmt: skip
-    sel = sections["select"] | dict(store=store, run=label)
+    sel = sections["select"] | arm.select | dict(store=store, run=label)
     if arm.kind == "self":  # every token of a self trace is the student's own: a fallback by construction
         sel["max_fallback_rate"] = 1.0
     exp = sections["export"] | dict(store=store, run=label, out=str(Path(config.out) / "data" / f"{label}.jsonl"))
     exp["overwrite"] = True
-    made_by = [] if acceptor.trace_set is None else [f"train/{acceptor.key}"]
+    where = f"arm {arm.name!r} (section 'generate')"
+    if trace_set.match:  # as many of the student's samples as make the RSD set's generated tokens
+        gen["samples"] = gen.get("samples", GenerateConfig.samples) * MATCH_CAP
+        rsd = f"generate/{trace_set.match}"
+        generate = _matched_stage(f"generate/{label}", gen, where, [*acceptor.maker, rsd], Path(config.out), rsd)
+    else:
+        generate = _stage(f"generate/{label}", "generate", GenerateConfig, gen, where, acceptor.maker, PRESETS)
     return [
-        _stage(f"generate/{label}", "generate", GenerateConfig, gen, f"arm {arm.name!r} (section 'generate')",
-               made_by, PRESETS),
+        generate,
         _stage(f"select/{label}", "select", SelectConfig, sel, "section 'select'", [f"generate/{label}"]),
         _stage(f"export/{label}", "export", ExportConfig, exp, "section 'export'", [f"select/{label}"]),
     ]  # fmt: skip
+
+
+def _matched_stage(name: str, spec: dict, where: str, after: list[str], out: Path, rsd: str) -> Stage:
+    """A compute-matched generate stage: its token budget is what the RSD stage `rsd` generated, read
+    from that stage's stamp when this one runs (it runs after it); checked now with a placeholder."""
+    build_config(GenerateConfig, spec | dict(token_budget=1), where, PRESETS)
+
+    def config():
+        stamp = json.loads((out / "stages" / f"{rsd}.json").read_text())
+        return build_config(GenerateConfig, spec | dict(token_budget=max(1, stamp["result"]["tokens"])), where, PRESETS)
+
+    built = functools.cache(config)
+    return Stage(name, "generate", spec, GenerateConfig, built, lambda: dataclasses.asdict(built()), after)
+
+
+def check_distillable(config: ExperimentConfig) -> None:
+    """An onpolicy arm compares the teacher's logits with the student's token by token: refused now,
+    before anything runs, unless every student shares the teacher's vocabulary."""
+    from ..models.loading import load_tokenizer
+
+    teacher = load_tokenizer(config.teacher)
+    for student in config.students:
+        if load_tokenizer(student).get_vocab() != teacher.get_vocab():
+            raise UserError(
+                f"an onpolicy arm needs teacher and student to share a vocabulary (on-policy distillation compares "
+                f"their logits token by token): {config.teacher!r} and {student!r} do not; drop the onpolicy arm "
+                "for this pair (RSD and the other arms work across vocabularies)"
+            )
+
+
+def _distill_stage(config: ExperimentConfig, section: dict, entry: ModelEntry, models, questions: str) -> Stage:
+    from ..stages.distill_config import DistillConfig
+
+    start = models[entry.start]
+    spec = section | dict(model=start.path, teacher=config.teacher, questions=questions,
+                          output_dir=entry.path, seed=entry.seed)  # fmt: skip
+    return _stage(f"distill/{entry.key}", "distill", DistillConfig, spec, "section 'distill'", start.maker)
 
 
 def _train_builder(section: dict) -> Callable[[dict], tuple[Callable, Callable]]:
@@ -358,14 +583,14 @@ def _train_builder(section: dict) -> Callable[[dict], tuple[Callable, Callable]]
 
 def _train_stage(train_config, entry: ModelEntry, models, trace_set: TraceSet, out: Path) -> Stage:
     start = models[entry.start]
-    spec, build, resolved = train_config(
-        dict(model=start.path, dataset=str(out / "data" / f"{trace_set.label}.jsonl"), output_dir=entry.path,
-             seed=entry.seed)
-    )  # fmt: skip
+    own = dict(model=start.path, dataset=str(out / "data" / f"{trace_set.label}.jsonl"), output_dir=entry.path,
+               seed=entry.seed)  # fmt: skip
+    if trace_set.arm.mask_under is not None:
+        own["mask_under"] = trace_set.arm.mask_under
+    spec, build, resolved = train_config(own)
     # the dataset enters by its bytes, not by the export that wrote it: an export giving the same file
     # (an edited question whose traces were not chosen) retrains nothing
-    after = [] if start.trace_set is None else [f"train/{start.key}"]
-    return Stage(f"train/{entry.key}", "train", spec, TrainConfig, build, resolved, after)
+    return Stage(f"train/{entry.key}", "train", spec, TrainConfig, build, resolved, start.maker)
 
 
 # -- digests ------------------------------------------------------------------------------------

@@ -88,6 +88,8 @@ def _bring_up_to_date(stage: Stage, wanted: str, the_plan: Plan, results: dict) 
 
 def outputs_exist(stage: Stage, the_plan: Plan) -> bool:
     """Is what the stage wrote still there? (A stamp is valid only while its outputs exist.)"""
+    if stage.kind == "choose":  # all it wrote is its stamp
+        return True
     if stage.kind == "report":
         return all((the_plan.out / name).is_file() for name in ("report.md", "experiment.json"))
     config = stage.config
@@ -99,12 +101,32 @@ def outputs_exist(stage: Stage, the_plan: Plan) -> bool:
                 return False
             return stage.kind == "generate" or bool(store.selection(config.run))
     paths = {
+        "split": lambda: [Path(config.train), Path(config.dev)],
         "export": lambda: [Path(config.out)],
         "train": lambda: [Path(config.output_dir) / "config.json"],
+        "distill": lambda: [Path(config.output_dir) / "config.json"],
         "eval": lambda: [Path(config.out) / "results.json"],
         "analyze": lambda: [Path(config.out) / "analysis.json"],
     }[stage.kind]()
     return all(p.exists() for p in paths)
+
+
+def _split(stage: Stage, the_plan: Plan, results: dict):
+    from .dev import split_questions
+
+    return split_questions(stage.config)
+
+
+def _choose(stage: Stage, the_plan: Plan, results: dict):
+    """Given the dev evaluations of the sweep's models and nothing else."""
+    from .dev import ChoiceResult, best_on_dev
+
+    config = stage.config
+    accuracy = {arm: [results[s].pass1(config.benchmark)[0] for s in dev] for arm, dev in config.dev.items()}
+    arm = best_on_dev(accuracy)
+    logger.info("experiment: %s chooses %s (dev accuracy %s)", stage.name, arm, accuracy)
+    return ChoiceResult(option=config.option, value=config.values[config.arms.index(arm)], arm=arm,
+                        benchmark=config.benchmark, dev_accuracy={a: sum(v) / len(v) for a, v in accuracy.items()})
 
 
 def _generate(stage: Stage, the_plan: Plan, results: dict) -> dict:
@@ -157,6 +179,12 @@ def _train(stage: Stage, the_plan: Plan, results: dict) -> dict:
     return train(stage.config)  # a killed training starts again from its base model
 
 
+def _distill(stage: Stage, the_plan: Plan, results: dict):
+    from ..stages.distill import distill
+
+    return distill(stage.config)  # like a training: a killed one starts again from its base model
+
+
 def _eval(stage: Stage, the_plan: Plan, results: dict):
     from ..stages.evaluate import evaluate
     from ..stages.evaluate_config import ModelEval
@@ -178,22 +206,24 @@ def _report(stage: Stage, the_plan: Plan, results: dict) -> dict:
     return write_report(the_plan, results, environment())
 
 
-RUNNERS = dict(generate=_generate, select=_select, export=_export, train=_train, eval=_eval, analyze=_analyze,
-               report=_report)  # fmt: skip
+RUNNERS = dict(split=_split, choose=_choose, generate=_generate, select=_select, export=_export, train=_train,
+               distill=_distill, eval=_eval, analyze=_analyze, report=_report)  # fmt: skip
 
 
 def result_type(kind: str):
     """The result type of a stage kind (a stamp's result is its to_json())."""
     from ..stages.analyze_config import AnalyzeResult
+    from ..stages.distill_config import DistillResult
     from ..stages.evaluate_config import ModelEval
     from ..stages.export_config import ExportResult
     from ..stages.generate_config import GenerateResult
     from ..stages.select_config import SelectResult
     from ..stages.train_config import TrainResult
+    from .dev import ChoiceResult, SplitResult
     from .report import ReportResult
 
-    return dict(generate=GenerateResult, select=SelectResult, export=ExportResult, train=TrainResult, eval=ModelEval,
-                analyze=AnalyzeResult, report=ReportResult)[kind]  # fmt: skip
+    return dict(split=SplitResult, choose=ChoiceResult, generate=GenerateResult, select=SelectResult, export=ExportResult, train=TrainResult,
+                distill=DistillResult, eval=ModelEval, analyze=AnalyzeResult, report=ReportResult)[kind]  # fmt: skip
 
 
 def environment() -> dict:

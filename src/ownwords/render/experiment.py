@@ -9,11 +9,16 @@ from pathlib import Path
 from ..files import display_name
 from .text import cell, code, plot_text, pyplot
 
-COLOURS = {"base": "#9e9e9e", "teacher": "#d9534f", "rsd": "#337ab7", "self": "#5cb85c"}
+COLOURS = {"base": "#9e9e9e", "teacher": "#d9534f", "rsd": "#337ab7", "self": "#5cb85c", "mask": "#f0ad4e",
+           "onpolicy": "#8e44ad"}  # fmt: skip
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _interval(interval) -> str:
+    return "–" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def _signed(x: float | None) -> str:
@@ -42,19 +47,23 @@ def report_markdown(summary: dict, plots: list[Path]) -> str:
         "pass@1 (the first evaluation temperature): mean over SFT seeds ± standard deviation over seeds; "
         "± standard error over the evaluated questions; change vs the base student (and vs the round before).",
         "",
-        "| arm | kind | student | benchmark | accuracy | ± sd (seeds) | ± se (questions) | vs base | vs round before "
-        "| training examples | epochs | final loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | kind | student | benchmark | accuracy | 95% interval | ± sd (seeds) | ± se (questions) | vs base "
+        "| vs round before | training examples | epochs | final loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["accuracy"]:
         t = r["training"] or {}
         loss = "–" if t.get("final_loss") is None else f"{t['final_loss']:.3f}"
         epochs = "–" if not t else f"{t['epochs']:.1f}"
+        arm = cell(r["arm"]) + (f" ({cell(r['chosen']['option'])} = {r['chosen']['value']}, chosen on dev)"
+                                if r.get("chosen") else "")  # fmt: skip
         lines.append(
-            f"| {cell(r['arm'])} | {r['kind']} | {cell(r['student'])} | {cell(r['benchmark'])} | {_pct(r['accuracy'])} | "
-            f"{100 * r['seed_sd']:.1f} | {100 * r['eval_se']:.1f} | {_signed(r['vs_base'])} | "
+            f"| {arm} | {r['kind']} | {cell(r['student'])} | {cell(r['benchmark'])} | {_pct(r['accuracy'])} | "
+            f"{_interval(r.get('interval'))} | {100 * r['seed_sd']:.1f} | {100 * r['eval_se']:.1f} | {_signed(r['vs_base'])} | "
             f"{_signed(r['vs_round_before'])} | {t.get('examples', '–')} | {epochs} | {loss} |"
         )
+    lines += differences_table(summary.get("comparisons", []))
+    lines += chosen_table(summary.get("chosen_on_dev", []), summary["config"].get("dev_fraction"))
     lines += [
         "",
         "## Trace sets",
@@ -109,9 +118,49 @@ def report_markdown(summary: dict, plots: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def differences_table(comparisons: list[dict]) -> list[str]:
+    """The compact table: every arm vs the base student, every RSD arm vs every control, with 95% paired
+    bootstrap intervals over questions x seeds x samples (experiment/stats.py)."""
+    if not comparisons:
+        return []
+    return [
+        "",
+        "## Which differences are real",
+        "",
+        "Accuracy difference (points) with its 95% paired bootstrap interval over questions × seeds × samples "
+        f"({comparisons[0]['resamples']} resamples, seeded); **bold**: the interval excludes 0.",
+        "",
+        "| comparison | student | benchmark | difference | 95% interval |",
+        "|---|---|---|---|---|",
+        *[_difference_line(c) for c in comparisons],
+    ]
+
+
+def chosen_table(chosen: list[dict], fraction: float | None) -> list[str]:
+    """Each sweep's dev accuracies and the value chosen there (the only value evaluated on test)."""
+    if not chosen:
+        return []
+    lines = ["", "## Chosen on the dev split", "",
+             f"{fraction:g} of the training questions held out (no trace was generated for them); each sweep's "
+             "arms evaluated there, pass@1 mean over seeds; only the chosen arm is evaluated on the test benchmarks.",
+             "", "| sweep | dev benchmark | arm | dev accuracy | chosen |", "|---|---|---|---|---|"]  # fmt: skip
+    for c in chosen:
+        for arm, accuracy in c["dev_accuracy"].items():
+            mark = "**yes**" if arm == c["arm"] else ""
+            lines.append(f"| {cell(c['name'])} | {cell(c['benchmark'])} | {cell(arm)} | {_pct(accuracy)} | {mark} |")
+    return lines
+
+
+def _difference_line(c: dict) -> str:
+    bold = (lambda x: f"**{x}**") if c["excludes_zero"] else (lambda x: x)
+    return (f"| {bold(cell(c['arm']) + ' − ' + cell(c['against']))} | {cell(c['student'])} | {cell(c['benchmark'])} | "
+            f"{bold(_signed(c['difference']))} | [{_signed(c['low'])}, {_signed(c['high'])}] |")  # fmt: skip
+
+
 def accuracy_plot(accuracy: list[dict], path: Path) -> Path:
-    """Per benchmark a panel (at most 3 per row): one bar per (arm, student) with the sd over seeds
-    (or the se over questions for one seed) as its error bar and each seed a dot; a legend of kinds."""
+    """Per benchmark a panel (at most 3 per row): one bar per (arm, student) with its 95% bootstrap
+    interval (questions x seeds; before those were recorded: the sd over seeds, or the se over
+    questions for one seed) as its error bar and each seed a dot; a legend of kinds."""
     plt = pyplot()
     benches = sorted({r["benchmark"] for r in accuracy})
     per_bench = max(len([r for r in accuracy if r["benchmark"] == b]) for b in benches)
@@ -124,7 +173,10 @@ def accuracy_plot(accuracy: list[dict], path: Path) -> Path:
         several = len({r["student"] for r in bars}) > 1
         for x, r in enumerate(bars):
             mean = 100 * r["accuracy"]
-            error = 100 * (r["seed_sd"] if len(r["seeds"]) > 1 else r["eval_se"])
+            if r.get("interval"):
+                error = [[mean - 100 * r["interval"][0]], [100 * r["interval"][1] - mean]]
+            else:
+                error = 100 * (r["seed_sd"] if len(r["seeds"]) > 1 else r["eval_se"])
             ax.bar(x, mean, 0.7, yerr=error, capsize=3, color=COLOURS.get(r["kind"], "#777777"))
             ax.plot([x] * len(r["seeds"]), [100 * s for s in r["seeds"]], "k.", alpha=0.6, markersize=4)
         names = [plot_text(f"{r['arm']} → {r['student']}" if several else r["arm"]) for r in bars]
@@ -134,7 +186,7 @@ def accuracy_plot(accuracy: list[dict], path: Path) -> Path:
     for ax in list(axes.flat)[len(benches):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLOURS.values()]
-    fig.legend(handles, list(COLOURS), loc="upper right", fontsize=8, title="kind (bars: sd over seeds; one seed: se)",
+    fig.legend(handles, list(COLOURS), loc="upper right", fontsize=8, title="kind (bars: 95% bootstrap interval)",
                title_fontsize=7)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 0.85 if cols == 1 else 0.92, 1))
     fig.savefig(path, dpi=110)

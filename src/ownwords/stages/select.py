@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 
 from tqdm.auto import tqdm
@@ -59,13 +60,25 @@ def choose(passing: list[dict], policy: str) -> list[dict]:
         return passing
     if policy == "first":
         return [min(passing, key=lambda s: s["sample_index"])]
+    if policy == "least_surprising":
+        return [min(passing, key=lambda s: (mean_nll(s["scores"]), s["sample_index"]))]
     return [min(passing, key=lambda s: (s["n_tokens"], s["sample_index"]))]
+
+
+def mean_nll(scores: list[float]) -> float:
+    """Mean -log S(x) over a trace's tokens: its raw scores a(x) are the student's softmax at T = 1."""
+    return sum(-math.log(max(a, 1e-300)) for a in scores) / max(len(scores), 1)
 
 
 def select(config: SelectConfig) -> SelectResult:
     """Judge every sample of the run, write the selection into the store, return the report."""
     with TraceStore(config.store, create=False) as store:  # refuses a missing, foreign or read-only store
         run_config = store.require_run(config.run)
+        if config.policy == "least_surprising" and run_config.get("score", "raw") != "raw":
+            raise UserError(
+                f"policy least_surprising ranks traces by the student's log-likelihood, which run {config.run!r} "
+                f"does not hold (it scored with --score {run_config['score']}); generate with --score raw"
+            )
         samples = list(store.samples(config.run))
         thinking_end = config.thinking_end or _thinking_end(run_config, samples)
         by_question: dict[str, list[dict]] = defaultdict(list)

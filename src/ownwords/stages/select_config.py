@@ -9,7 +9,7 @@ from ..data.verify import KINDS
 from ..errors import UserError, check_fields
 
 FILTERS = ("finished", "thinking_format", "fallback_rate", "has_answer", "unverifiable", "correct")
-POLICIES = ("shortest", "first", "all")
+POLICIES = ("shortest", "first", "all", "least_surprising")
 
 
 @dataclass
@@ -20,7 +20,10 @@ class SelectConfig:
     run: str = field(default="default", metadata={"help": "Run inside the store."})
     policy: str = field(
         default="shortest",
-        metadata={"help": f"Which passing samples to keep per question: {', '.join(POLICIES)}."},
+        metadata={
+            "help": f"Which passing samples to keep per question: {', '.join(POLICIES)} (the lowest mean negative "
+            "log-likelihood under the student that generated them: sequence-level selection)."
+        },
     )
     max_fallback_rate: float = field(
         default=0.5, metadata={"help": "Drop traces with a larger share of fallback tokens."}

@@ -8,32 +8,22 @@ template's prompt, and the supervised ones must start with the assistant turn's 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import time
 from pathlib import Path
 
 import torch
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..data.questions import load_rows
 from ..errors import MissingInput, UserError
 from ..files import check_writable, write_atomically
 from ..models.loading import load_model, set_cpu_threads
+from ..models.training import losses_of, quiet_progress, save_trained
+from ..render.training import loss_plot
 from .train_config import OVERLONG, TrainConfig, TrainResult  # noqa: F401 (part of this module's API)
 
 logger = logging.getLogger(__name__)
-
-class LossOnTheBar(ProgressCallback):
-    """The Trainer's progress bar (stderr), with the latest loss on it instead of a dict per step
-    printed to stdout: stdout carries the command's result only."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
-        logger.debug("step %d: %s", state.global_step, logs)
-
 
 def load_traces(source: str):
     """A chat dataset with `prompt`/`completion` (or `messages`) columns, from a file, a directory or the hub."""
@@ -125,6 +115,33 @@ def check_loss_mask(train_dataset, raw_dataset, tokenizer, n: int) -> None:
             )
 
 
+def mask_hard_tokens(dataset, model, tokenizer, config: TrainConfig):
+    """The tokenised training data with the loss off (label -100) on every supervised token the model
+    scores under `mask_under` given the tokens before it (teacher forcing, batched and KV-cached)."""
+    from ..decoding.scoring import score_tokens
+    from ..models.facts import logits_width, padding_id
+
+    device = "cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu"
+    model.to(device).eval()
+    vocab, pad = min(len(tokenizer), logits_width(model)), padding_id(model, tokenizer)
+    labels = [list(row["labels"]) for row in dataset]
+    ids = [list(row["input_ids"]) for row in dataset]
+    first = [next((i for i, label in enumerate(row) if label != -100), len(row)) for row in labels]
+    order = sorted((i for i in range(len(ids)) if first[i] < len(ids[i])), key=lambda i: len(ids[i]))
+    batch = max(1, config.per_device_train_batch_size * 4)
+    for b in range(0, len(order), batch):
+        rows = order[b : b + batch]
+        probs = score_tokens(model, vocab, pad, [ids[i][: max(first[i], 1)] for i in rows],
+                             [ids[i][max(first[i], 1) :] for i in rows])  # fmt: skip
+        for i, p in zip(rows, probs, strict=True):
+            start = max(first[i], 1)
+            for j, prob in enumerate(p, start):
+                if prob < config.mask_under:
+                    labels[i][j] = -100
+    model.train()
+    return dataset.remove_columns("labels").add_column("labels", labels)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Fine-tune, save the model + tokenizer, write train_summary.json and loss.png; returns the summary."""
     from trl import SFTTrainer
@@ -137,15 +154,16 @@ def train(config: TrainConfig) -> TrainResult:
     model.train()  # the Trainer places it on its device
     raw = apply_length_policy(raw, tokenizer, config)
     trainer = SFTTrainer(model, args=config, train_dataset=raw, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    if not config.disable_tqdm:
-        trainer.add_callback(LossOnTheBar)
+    quiet_progress(trainer, not config.disable_tqdm)
     check_loss_mask(trainer.train_dataset, raw, tokenizer, config.mask_checks)
+    supervised = sum(sum(label != -100 for label in row["labels"]) for row in trainer.train_dataset)
+    if config.mask_under > 0:
+        trainer.train_dataset = mask_hard_tokens(trainer.train_dataset, model, tokenizer, config)
+    masked = supervised - sum(sum(label != -100 for label in row["labels"]) for row in trainer.train_dataset)
     start = time.perf_counter()
     trainer.train()
-    _save(trainer, tokenizer, config.output_dir)
-    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    save_trained(trainer, tokenizer, config.output_dir)
+    losses = losses_of(trainer)
     summary = TrainResult(
         steps=trainer.state.global_step,
         final_loss=losses[-1][1] if losses else None,
@@ -154,38 +172,11 @@ def train(config: TrainConfig) -> TrainResult:
         examples=len(raw),
         world_size=config.world_size,
         wall_seconds=time.perf_counter() - start,
+        supervised_tokens=supervised,
+        masked_tokens=masked,
     )
     if trainer.is_world_process_zero():
         out = Path(config.output_dir)
         write_atomically(out / "train_summary.json", json.dumps(summary.to_json(), indent=2) + "\n")
-        _plot_losses(losses, out / "loss.png")
+        loss_plot(losses, out / "loss.png", f"ownwords train: {out.name}")
     return summary
-
-
-def _save(trainer, tokenizer, folder: str) -> None:
-    """The model and its tokenizer; a full disk is the OSError it is (safetensors reports it as its
-    own error type), so that it is said in one line and the run can be resumed."""
-    from safetensors import SafetensorError
-
-    try:
-        trainer.save_model(folder)
-        tokenizer.save_pretrained(folder)
-    except SafetensorError as err:
-        if "No space" in str(err) or "os error 28" in str(err):
-            raise OSError(errno.ENOSPC, "No space left on device", folder) from err
-        raise
-
-
-def _plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([s for s, _ in losses], [v for _, v in losses], marker=".")
-    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"ownwords train: {path.parent.name}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

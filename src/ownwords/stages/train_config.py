@@ -35,6 +35,14 @@ class TrainConfig(SFTConfig, Threads):
         metadata={"help": "Examples per optimizer step over all devices; sets gradient accumulation."},
     )
     mask_checks: int = field(default=16, metadata={"help": "Tokenised examples whose loss mask is verified."})
+    mask_under: float = field(
+        default=0.0,
+        metadata={
+            "help": "Take the loss off the completion tokens the model being trained scores under this probability "
+            "(teacher forcing before training, the a(x) RSD accepts by; 0 = off): the hard tokens out of the "
+            "gradient instead of out of the trace."
+        },
+    )
     # The s1 recipe (simplescaling/s1 train/sft.sh), as the paper's authors ran it.
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the fine-tuned model is saved (required)."}
@@ -86,6 +94,7 @@ class TrainConfig(SFTConfig, Threads):
                 *self.thread_checks(),
                 (self.overlong in OVERLONG, "overlong", f"one of {', '.join(OVERLONG)}"),
                 (self.effective_batch_size >= 1, "effective_batch_size", "an integer >= 1"),
+                (0 <= self.mask_under <= 1, "mask_under", "a probability in [0, 1]"),
             ],
         )
         gpu = torch.cuda.is_available() and not self.use_cpu
@@ -112,3 +121,5 @@ class TrainResult(Result):
     examples: int
     world_size: int
     wall_seconds: float
+    supervised_tokens: int = 0  # completion tokens with a loss, before mask_under
+    masked_tokens: int = 0  # of those, taken out by mask_under
