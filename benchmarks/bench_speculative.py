@@ -2,6 +2,7 @@
 to the same synthetic chats so the student often agrees with the teacher).
 
     python benchmarks/bench_speculative.py [--new-tokens 64] [--fresh]
+    python benchmarks/bench_speculative.py --teacher T --student S   # any pair (folders, GGUF files, hub ids)
 
 The pair is trained once (a few minutes on 2 CPU cores) and cached in ~/.cache/ownwords/bench-pair.
 For batch 1 and 8 and K in {2, 4, 8}: tokens/s of plain and speculative RSD on the same prompts, the
@@ -86,10 +87,15 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--fresh", action="store_true", help="retrain the cached pair")
+    parser.add_argument("--teacher", help="another pair's teacher (with --student) instead of the trained tiny one")
+    parser.add_argument("--student")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    path = trained_pair(args.fresh)
-    models = load_pair(str(path / "teacher"), str(path / "student"), "cpu", "float32")
+    if args.teacher and args.student:
+        models = load_pair(args.teacher, args.student, "cpu", "float32")
+    else:
+        path = trained_pair(args.fresh)
+        models = load_pair(str(path / "teacher"), str(path / "student"), "cpu", "float32")
     student, s_tok, teacher, _ = models
     prompts = [build_prompt(s_tok, chat[0]["content"]) for chat in arithmetic_chats(args.prompts, seed=99)]
     t_ms, s_ms = step_ms(teacher), step_ms(student)

@@ -14,7 +14,7 @@ def help_text(command, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["generate", "select", "eval", "analyze", "train", "export"])
+@pytest.mark.parametrize("command", ["generate", "select", "eval", "analyze", "train", "export", "probe"])
 def test_help_says_each_thing_once(command, capsys):
     text = help_text(command, capsys)
     assert "(default: None)" not in text  # required options say so in their help instead

@@ -17,11 +17,14 @@ commands:
   select     filter the traces (well formed, answer verified) and choose one per question
   export     write the chosen traces as a chat dataset for TRL (jsonl, parquet, save_to_disk, hub)
   train      fine-tune the student on exported traces (TRL SFTTrainer, s1 recipe defaults)
+  distill    on-policy distillation of the student by the teacher (TRL DistillationTrainer; same vocabulary)
   analyze    score traces under students: low-probability tokens, plots, cross-model matrix, HTML view
   eval       reasoning benchmarks (AIME24/25, MATH500, GPQA-Diamond, GSM8K, AMC23): pass@1, pass@k, maj@n
-  experiment one YAML: arms (teacher / rsd / self, sweeps, rounds, several students) through every stage, cached; one report
+  experiment one YAML: arms (teacher / rsd / self / mask / onpolicy, sweeps, rounds, students) through every stage, cached; one report
+  probe      will this teacher-student pair work, and what will the run cost (minutes, before the run)
   demo       the whole loop on tiny models trained here: RSD vs teacher traces, SFT, eval, analysis (minutes, CPU)
   tiny       write a tiny teacher/student pair (random weights, local tokenizer) to try every command
+  prune      a student from its teacher: the same model with only some of its layers (Minitron-style)
 
 --debug shows the full traceback of an error; --version prints the version.
 """
@@ -76,6 +79,17 @@ def _train(argv: list[str]) -> None:
     print(json.dumps(train(config).to_json(), indent=2))
 
 
+def _distill(argv: list[str]) -> None:
+    from .config import parse
+    from .stages.distill_config import DistillConfig
+
+    epilog = "The options first in this list are ownwords' own; the rest are trl.DistillationConfig's."
+    config = parse(DistillConfig, argv, prog="ownwords distill", epilog=epilog)
+    from .stages.distill import distill
+
+    print(json.dumps(distill(config).to_json(), indent=2))
+
+
 def _eval(argv: list[str]) -> None:
     from .config import parse
     from .stages.evaluate_config import EvalConfig
@@ -98,6 +112,19 @@ def _analyze(argv: list[str]) -> None:
 
     print(matrix_table(analyze(config)))
     print(f"report in {config.out}/report.md")
+
+
+def _probe(argv: list[str]) -> int:
+    from .config import parse
+    from .stages.generate_config import PRESETS
+    from .stages.probe_config import ProbeConfig
+
+    config = parse(ProbeConfig, argv, prog="ownwords probe", presets=PRESETS)
+    from .stages.probe import probe
+
+    result = probe(config)
+    print((Path(config.out) / "probe.md").read_text(), end="")
+    return 1 if result.blocked else 0  # the pair cannot run as configured: the verdict says why
 
 
 def _demo(argv: list[str]) -> None:
@@ -151,16 +178,36 @@ def _tiny(argv: list[str]) -> None:
     print(f"teacher: {teacher}\nstudent: {student}")
 
 
+def _prune(argv: list[str]) -> None:
+    from .config import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="ownwords prune",
+        description="A student from its teacher: the same model with only some of its decoder layers (as "
+        "Minitron students are made before distillation); same tokenizer and vocabulary.",
+    )
+    parser.add_argument("model", help="the teacher: a model folder, hub id or GGUF file")
+    parser.add_argument("out", help="where the pruned model is written")
+    parser.add_argument("--keep", required=True, help="a number of layers (evenly spaced), or indices: 0-9,20")
+    args = parser.parse_args(argv)
+    from .models.prune import prune_layers
+
+    print(f"pruned model: {prune_layers(args.model, args.out, args.keep)}")
+
+
 COMMANDS = {
     "generate": _generate,
     "select": _select,
     "export": _export,
     "train": _train,
+    "distill": _distill,
     "eval": _eval,
     "analyze": _analyze,
+    "probe": _probe,
     "experiment": _experiment,
     "demo": _demo,
     "tiny": _tiny,
+    "prune": _prune,
 }
 
 
@@ -182,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ownwords: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        command(argv[1:])
+        code = command(argv[1:]) or 0
     except UserError as err:  # bad input: say what and where; anything else is a bug and keeps its traceback
         if debug:
             raise
@@ -200,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         again = " re-run the same command to resume; finished work is kept." if argv[0] in RESUMABLE else ""
         print(f"\nownwords {argv[0]}: interrupted.{again}", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

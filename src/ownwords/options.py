@@ -48,6 +48,23 @@ class Runtime:
         return [(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")]
 
 
+BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class Backend:
+    backend: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: ownwords' engine (RSD and everything else); vllm: vLLM, for plain sampling from one model "
+            "(evaluation, teacher-only and self runs; RSD needs both models at every token and stays on hf)."
+        },
+    )
+
+    def backend_checks(self) -> list[tuple[bool, str, str]]:
+        return [(self.backend in BACKENDS, "backend", f"one of {', '.join(BACKENDS)}")]
+
+
 @dataclass
 class Threads:
     threads: int = field(

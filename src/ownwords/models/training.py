@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -45,3 +46,15 @@ def save_trained(trainer, tokenizer, folder: str) -> None:
 
 def losses_of(trainer) -> list[tuple[int, float]]:
     return [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+
+
+def train_and_save(trainer, tokenizer, folder: str) -> tuple[dict, list[tuple[int, float]]]:
+    """Train, save, and what both results report: (steps, first and final loss, wall seconds; the
+    logged losses)."""
+    start = time.perf_counter()
+    trainer.train()
+    save_trained(trainer, tokenizer, folder)
+    losses = losses_of(trainer)
+    done = dict(steps=trainer.state.global_step, final_loss=losses[-1][1] if losses else None,
+                first_loss=losses[0][1] if losses else None, wall_seconds=time.perf_counter() - start)  # fmt: skip
+    return done, losses

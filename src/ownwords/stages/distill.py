@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from ..data.questions import chat_messages, load_questions
 from ..errors import UserError
 from ..files import check_writable, write_atomically
 from ..models.loading import load_model, set_cpu_threads
-from ..models.training import losses_of, quiet_progress, save_trained
+from ..models.training import quiet_progress, train_and_save
 from ..render.training import loss_plot
 from .distill_config import DistillConfig, DistillResult
 
@@ -64,17 +63,8 @@ def distill(config: DistillConfig) -> DistillResult:
     data = Dataset.from_list([{"prompt": p} for p in prompts(config, s_tok)])
     trainer = DistillationTrainer(student, teacher, args=config, train_dataset=data, processing_class=s_tok)
     quiet_progress(trainer, not config.disable_tqdm)
-    start = time.perf_counter()
-    trainer.train()
-    save_trained(trainer, s_tok, config.output_dir)
-    losses = losses_of(trainer)
-    summary = DistillResult(
-        steps=trainer.state.global_step,
-        final_loss=losses[-1][1] if losses else None,
-        first_loss=losses[0][1] if losses else None,
-        examples=len(data),
-        wall_seconds=time.perf_counter() - start,
-    )
+    done, losses = train_and_save(trainer, s_tok, config.output_dir)
+    summary = DistillResult(**done, examples=len(data))
     if trainer.is_world_process_zero():
         out = Path(config.output_dir)
         write_atomically(out / "train_summary.json", json.dumps(summary.to_json(), indent=2) + "\n")

@@ -83,6 +83,10 @@ def evaluate(config: EvalConfig) -> dict:
     """Evaluate every model on every benchmark; returns {model: results}. Writes DIR/<model>/..."""
     if config.workers == 1:  # with workers, each worker checks its own device
         check_device(config.device)
+    if config.backend == "vllm":  # installed, before anything is read or written
+        from ..decoding.vllm import vllm_version
+
+        vllm_version()
     paths = config.data_paths()
     questions = {
         b: load_benchmark(b, paths.get(b), config.limit, config.instruction) for b in config.benchmarks
@@ -130,7 +134,8 @@ class _EvalModel:
 
 
 def _evaluate_model(config: EvalConfig, model_name: str, questions: dict[str, list[Question]]) -> dict:
-    if config.workers > 1:  # the workers hold the model; this process writes, so it needs the tokenizer
+    if config.workers > 1 or config.backend == "vllm":  # the workers (or vLLM) hold the model; this process
+        # writes, so it needs the tokenizer
         model, tokenizer = None, load_tokenizer(model_name)
     else:
         model, tokenizer = load_model(model_name, config.device, config.dtype)
@@ -149,7 +154,10 @@ def _evaluate_model(config: EvalConfig, model_name: str, questions: dict[str, li
             for temperature in config.temperatures:
                 run = _generate_run(config, store, subject, bench, questions[bench], temperature)
                 verdicts, answers = _grade_run(config, store, subject, bench, questions[bench], run)
-                per_temperature[temperature_key(temperature)] = metrics(verdicts, answers)
+                per_temperature[temperature_key(temperature)] = metrics(verdicts, answers) | {
+                    # the paired bootstrap of an experiment's report resamples these
+                    "correct_per_question": {q.id: sum(v) for q, v in zip(questions[bench], verdicts, strict=True)}
+                }
                 covered = [c or any(v) for c, v in zip(covered, verdicts, strict=True)]
             results[bench] = {"temperatures": per_temperature, "union_coverage": sum(covered) / len(covered)}
     write_atomically(out / "results.json", json.dumps(results, indent=2) + "\n")
@@ -205,9 +213,12 @@ def _generate_run(config, store: TraceStore, subject: _EvalModel, bench: str, qu
 
 def _engine(config: EvalConfig, subject: _EvalModel, sampling: Sampling, max_new_tokens: int, max_length: int):
     """A student-only engine here (on the model this process loaded), or a pool of Ray workers each
-    loading the model."""
-    factory = partial(student_engine, subject.name, config.device, config.dtype, sampling, max_new_tokens,
+    loading the model; with the vllm backend, vLLM's engine (here, or one per Ray worker)."""
+    build = vllm_student_engine if config.backend == "vllm" else student_engine
+    factory = partial(build, subject.name, config.device, config.dtype, sampling, max_new_tokens,
                       config.batch_size, max_length)  # fmt: skip
+    if config.backend == "vllm":
+        return engine_or_pool(factory, config)
 
     def local() -> Engine:
         return Engine(subject.model, subject.tokenizer, sampling=sampling, max_new_tokens=max_new_tokens,
@@ -225,8 +236,28 @@ def student_engine(
                   batch_size=batch_size)  # fmt: skip
 
 
+def vllm_student_engine(
+    name: str, device: str, dtype: str, sampling: Sampling, max_new_tokens: int, batch_size: int, max_length: int
+):
+    """The model in vLLM's engine, with the records the hf engine writes (what each Ray worker builds)."""
+    from ..decoding.vllm import STUDENT, VLLMEngine, stop_ids
+
+    tokenizer = load_tokenizer(name)
+    return VLLMEngine(name, tokenizer, sampling, STUDENT, max_new_tokens, max_length, (), batch_size, dtype,
+                      stop_ids(name, tokenizer), device)  # fmt: skip
+
+
 def _identity(config: EvalConfig, subject: _EvalModel, bench: str, temperature: float) -> dict:
-    """What a run's records depend on: a resume with any of it changed is refused."""
+    """What a run's records depend on: a resume with any of it changed is refused (a vLLM run also
+    names the backend and vLLM's version; an hf run's identity is what it was before backends)."""
+    if config.backend == "vllm":
+        from ..decoding.vllm import vllm_version
+
+        return _hf_identity(config, subject, bench, temperature) | dict(backend="vllm", vllm_version=vllm_version())
+    return _hf_identity(config, subject, bench, temperature)
+
+
+def _hf_identity(config: EvalConfig, subject: _EvalModel, bench: str, temperature: float) -> dict:
     return dict(
         model=subject.name,
         model_fingerprint=subject.fingerprint,

@@ -9,11 +9,11 @@ from pathlib import Path
 from ..config import Result
 from ..data.benchmarks import REGISTRY
 from ..errors import UserError, check_fields
-from ..options import Decoding, Progress, Prompt, Runtime, ScaleOut, Threads
+from ..options import Backend, Decoding, Progress, Prompt, Runtime, ScaleOut, Threads
 
 
 @dataclass
-class EvalConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
+class EvalConfig(Runtime, Backend, Threads, ScaleOut, Progress, Decoding, Prompt):
     models: list[str] = field(
         default_factory=list,
         metadata={"help": "Models to evaluate: hub ids or local paths (required).", "aliases": ["--model"]},
@@ -65,6 +65,7 @@ class EvalConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
             self,
             [
                 *self.runtime_checks(),
+                *self.backend_checks(),
                 *self.thread_checks(),
                 *self.scale_checks(),
                 *self.decoding_checks(),
@@ -120,6 +121,11 @@ class ModelEval(Result):
         """pass@1 and its standard error at the first evaluation temperature."""
         first = next(iter(self.benchmarks[benchmark]["temperatures"].values()))
         return first["pass@1"], first["pass@1_se"]
+
+    def correct(self, benchmark: str) -> tuple[dict[str, int], int]:
+        """({question id: correct samples}, samples per question) at the first temperature."""
+        first = next(iter(self.benchmarks[benchmark]["temperatures"].values()))
+        return first["correct_per_question"], first["samples"]
 
     def size(self, benchmark: str) -> tuple[int, int]:
         """(questions, samples per question) at the first temperature."""

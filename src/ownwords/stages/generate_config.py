@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..config import Result
 from ..errors import UserError, check_fields
-from ..options import Decoding, Progress, Prompt, Runtime, ScaleOut, Threads, resumable, unescape
+from ..options import Backend, Decoding, Progress, Prompt, Runtime, ScaleOut, Threads, resumable, unescape
 from ..rsd import LOGPROBS, RULES
 
 DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -41,7 +41,7 @@ FINGERPRINTS = ("teacher_fingerprint", "student_fingerprint")
 
 
 @dataclass
-class GenerateConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
+class GenerateConfig(Runtime, Backend, Threads, ScaleOut, Progress, Decoding, Prompt):
     teacher: str | None = field(
         default=None, metadata=resumable("Teacher model: hub id or local path (required).")
     )
@@ -104,6 +104,13 @@ class GenerateConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
             "same distribution, fewer teacher passes (0 = off)."
         },
     )
+    token_budget: int = field(
+        default=0,
+        metadata={
+            "help": "Stop once the run holds this many generated tokens (0 = off); --samples is then a cap per "
+            "question, and the samples go by index (every question's first, then every second...)."
+        },
+    )
     stop_strings: list[str] = field(
         default_factory=list, metadata={"help": "Stop when any of these strings is generated."}
     )
@@ -131,6 +138,7 @@ class GenerateConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
             self,
             [
                 *self.runtime_checks(),
+                *self.backend_checks(),
                 *self.thread_checks(),
                 *self.scale_checks(),
                 *self.decoding_checks(),
@@ -145,6 +153,7 @@ class GenerateConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
                     "> 0 with logprobs raw/processed (the list's length)",
                 ),
                 (self.speculate >= 0, "speculate", "an integer >= 0"),
+                (self.token_budget >= 0, "token_budget", "an integer >= 0"),
                 (self.score in ("raw", "processed"), "score", "'raw' or 'processed'"),
                 (0 <= self.min_vocab_overlap <= 1, "min_vocab_overlap", "in [0, 1]"),
                 (math.isfinite(self.threshold), "threshold", "a finite number"),
@@ -157,6 +166,29 @@ class GenerateConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
             self.acceptance_rule()
         except ValueError as err:
             raise UserError(f"threshold / rule: {err}") from None
+        if self.backend == "vllm":
+            self._check_vllm()
+
+    @property
+    def sampled_by(self) -> str | None:
+        """The one model a baseline samples from: "teacher" (p_th = 0), "student" (p_th > 1), else None."""
+        if self.rule == "threshold" and self.threshold == 0:
+            return "teacher"
+        return "student" if self.rule == "threshold" and self.threshold > 1 else None
+
+    def _check_vllm(self) -> None:
+        if self.sampled_by is None:
+            raise UserError(
+                f"backend vllm runs plain sampling from one model: a teacher-only (threshold 0) or self (threshold > 1) "
+                f"run; this run is RSD (rule {self.rule!r}, threshold {self.threshold:g}), which needs both models at "
+                "every token: use --backend hf"
+            )
+        if self.logprobs != "none":
+            raise UserError(
+                f"backend vllm samples with vLLM's own sampler; logprobs {self.logprobs!r} emulates the authors' "
+                "renormalised top-k lists on the hf engine: set logprobs none (top_k then filters as usual) or use "
+                "--backend hf"
+            )
 
     def _resolve_baselines(self) -> None:
         """p_th = 0 is plain teacher sampling and p_th > 1 plain student sampling, whatever the preset
@@ -182,6 +214,17 @@ class GenerateConfig(Runtime, Threads, ScaleOut, Progress, Decoding, Prompt):
         from ..decoding.engine import Sampling
 
         return Sampling(self.temperature, self.top_k, self.top_p, self.logprobs)
+
+    def engine(self, student, student_tokenizer, teacher, alignment, **changes):
+        """The Engine these settings describe, on loaded models; `changes`: Engine arguments to override."""
+        from ..decoding.engine import RSD, Engine
+
+        settings = dict(
+            sampling=self.sampling(), rsd=RSD(self.acceptance_rule(), self.trials, self.score),
+            max_new_tokens=self.max_new_tokens, max_length=self.max_length, stop_strings=tuple(self.stop_strings),
+            batch_size=self.batch_size, speculate=self.speculate,
+        )  # fmt: skip
+        return Engine(student, student_tokenizer, teacher, alignment, **(settings | changes))
 
 
 @dataclass(eq=False)

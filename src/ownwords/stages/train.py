@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from ..data.questions import load_rows
 from ..errors import MissingInput, UserError
 from ..files import check_writable, write_atomically
 from ..models.loading import load_model, set_cpu_threads
-from ..models.training import losses_of, quiet_progress, save_trained
+from ..models.training import quiet_progress, train_and_save
 from ..render.training import loss_plot
 from .train_config import OVERLONG, TrainConfig, TrainResult  # noqa: F401 (part of this module's API)
 
@@ -160,18 +159,12 @@ def train(config: TrainConfig) -> TrainResult:
     if config.mask_under > 0:
         trainer.train_dataset = mask_hard_tokens(trainer.train_dataset, model, tokenizer, config)
     masked = supervised - sum(sum(label != -100 for label in row["labels"]) for row in trainer.train_dataset)
-    start = time.perf_counter()
-    trainer.train()
-    save_trained(trainer, tokenizer, config.output_dir)
-    losses = losses_of(trainer)
+    done, losses = train_and_save(trainer, tokenizer, config.output_dir)
     summary = TrainResult(
-        steps=trainer.state.global_step,
-        final_loss=losses[-1][1] if losses else None,
-        first_loss=losses[0][1] if losses else None,
+        **done,
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         examples=len(raw),
         world_size=config.world_size,
-        wall_seconds=time.perf_counter() - start,
         supervised_tokens=supervised,
         masked_tokens=masked,
     )
