@@ -94,3 +94,15 @@ def test_speculative_generate_from_the_cli(tiny_pair, questions_file, tmp_path):
     assert summary["engine"]["teacher_forwards"] < summary["new_tokens"]
     for r in rows(store):
         assert all(s >= 0.01 for s, f in zip(r["scores"], r["fallbacks"]) if not f)
+
+
+def test_options_added_later_stay_out_of_a_runs_identity_at_their_default(tiny_pair, questions_file):
+    """A run stored before `backend` and `token_budget` existed was made with their defaults: its
+    identity (what a resume is checked against) does not name them, so it resumes; set, they count."""
+    from ownwords.data.questions import load_questions
+    from ownwords.stages.generate import ADDED_LATER, GenerateConfig, run_identity
+
+    base = dict(teacher=str(tiny_pair[0]), student=str(tiny_pair[1]), questions=str(questions_file))
+    questions = load_questions(str(questions_file))
+    assert not set(ADDED_LATER) & set(run_identity(GenerateConfig(**base), questions))
+    assert run_identity(GenerateConfig(**base, token_budget=100), questions)["token_budget"] == 100

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # What a resume may change: what changes no sample, and where and how much it writes (the models
 # and questions by path: their content is fingerprinted).
 RESUMABLE = tuple(sorted(marked(GenerateConfig, "operational") | marked(GenerateConfig, "resumable")))
+# Options added after runs were stored: at their default they stay out of a run's identity (such a run
+# was made with that default), so the stores of an earlier version resume.
+ADDED_LATER = {"backend": "hf", "token_budget": 0}
 
 
 def generate(config: GenerateConfig) -> GenerateResult:
@@ -90,6 +93,9 @@ def run_identity(config: GenerateConfig, questions: list[Question]) -> dict:
         teacher_fingerprint=model_fingerprint(config.teacher),
         student_fingerprint=model_fingerprint(config.student),
     )
+    for key, default in ADDED_LATER.items():  # a run stored before the option existed resumes
+        if identity[key] == default:
+            del identity[key]
     if config.backend == "vllm":
         from ..decoding.vllm import vllm_version
 
