@@ -54,6 +54,7 @@ def main() -> None:
     started_up = time.perf_counter()
     vllm = VLLMEngine(name, tok, sampling, STUDENT, args.max_new_tokens, room, (), args.batch_size, args.dtype,
                       stop_ids(name, tok), args.device)  # fmt: skip
+    vllm.start()
     startup = time.perf_counter() - started_up
     for label, engine in (("hf", hf), ("vllm", vllm)):
         started = time.perf_counter()

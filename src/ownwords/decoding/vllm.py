@@ -103,11 +103,17 @@ class VLLMEngine:
                  dtype: str = "float32", stop_ids: Iterable[int] = (), device: str = "cpu"):  # fmt: skip
         from ..models.loading import model_source
 
-        self.llm = load_llm(model_source(model), dtype, max_length, batch_size, role.logprobs_mode, device)
+        # vLLM's engine is fetched when a run starts, never held here: a thinking-budget eval's two
+        # engines (the answer phase's holds longer sequences) then share one, and no old one stays alive
+        self._llm = (model_source(model), dtype, max_length, batch_size, role.logprobs_mode, device)
         self.tokenizer, self.sampling, self.role = tokenizer, sampling, role
         self.max_new_tokens, self.max_length, self.stop_strings = max_new_tokens, max_length, tuple(stop_strings)
         self.stop_ids = sorted(set(stop_ids))
         self.stats = dict(tokens=0, student_forwards=0, teacher_forwards=0)  # vLLM counts its own passes
+
+    def start(self):
+        """vLLM's engine for these settings (started now unless this process holds one that serves)."""
+        return load_llm(*self._llm)
 
     def _params(self, request: Request, budget: int):
         from vllm import SamplingParams
@@ -131,8 +137,8 @@ class VLLMEngine:
             else:
                 asked.append((i, r, budget))
         started = time.perf_counter()
-        outputs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for _, r, _ in asked],
-                                    [self._params(r, b) for _, r, b in asked], use_tqdm=False)  # fmt: skip
+        outputs = self.start().generate([{"prompt_token_ids": r.prompt_ids} for _, r, _ in asked],
+                                        [self._params(r, b) for _, r, b in asked], use_tqdm=False) if asked else []  # fmt: skip
         seconds = (time.perf_counter() - started) / max(len(asked), 1)
         for (i, r, _), out in zip(asked, outputs, strict=True):
             traces[i] = self._trace(r, out.outputs[0], seconds)
