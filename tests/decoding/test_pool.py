@@ -77,6 +77,7 @@ def ray_workers() -> list:
     ]
 
 
+@pytest.mark.slow  # real Ray workers: CI's slow run (the default run keeps one)
 def test_a_killed_worker_loses_nothing(tiny_pair, reference, tmp_path, caplog):
     """SIGKILL one worker once a few samples are in: its chunks are handed out again, the store ends
     complete, without duplicates, and equal to the one-process store."""
@@ -122,6 +123,7 @@ def test_a_killed_driver_resumes_to_the_same_store(tiny_pair, reference, tmp_pat
     assert_same_rows(rows(store), reference)
 
 
+@pytest.mark.slow  # real Ray workers: CI's slow run (the default run keeps one)
 def test_eval_with_two_workers_gives_the_same_results(tiny_pair, tmp_path):
     data = tmp_path / "math.jsonl"
     data.write_text(
@@ -158,6 +160,7 @@ def test_eval_with_two_workers_gives_the_same_results(tiny_pair, tmp_path):
     assert run(tmp_path / "one") == run(tmp_path / "two", "--workers", "2")
 
 
+@pytest.mark.slow  # real Ray workers: CI's slow run (the default run keeps one)
 def test_a_model_that_fails_to_load_on_a_worker_is_one_clear_error(tiny_pair, tmp_path, capsys):
     broken = tmp_path / "student-without-weights"
     shutil.copytree(tiny_pair[1], broken)
@@ -175,6 +178,7 @@ def test_workers_without_ray_say_what_to_install(tiny_pair, tmp_path, capsys, mo
     assert "pip install 'ownwords[ray]'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real Ray workers: CI's slow run (the default run keeps one)
 def test_a_task_that_raises_is_not_retried_as_a_dead_worker(tiny_pair, caplog):
     """An error inside a worker's task (here: a token id past the vocabulary) is a bug or bad input,
     not a death: it surfaces at once, without handing the chunk out again."""

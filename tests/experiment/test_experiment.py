@@ -68,6 +68,7 @@ def test_an_edited_arm_regenerates_its_traces_and_leaves_the_other_arm(demo_mode
         assert store.runs()["rsd"]["threshold"] == 0.05 and store.summary("rsd")["samples"] == 12
 
 
+@pytest.mark.slow  # a SIGKILLed subprocess: CI's slow run
 def test_a_killed_experiment_resumes_to_the_same_numbers(finished, demo_models, task, tmp_path):
     """SIGKILL in the middle (once the first arm is trained), then re-run: the report's numbers
     equal those of the uninterrupted run."""
