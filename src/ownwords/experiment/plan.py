@@ -533,7 +533,8 @@ def _trace_stages(config, sections, trace_set: TraceSet, models, store, question
 
 def _matched_stage(name: str, spec: dict, where: str, after: list[str], out: Path, rsd: str) -> Stage:
     """A compute-matched generate stage: its token budget is what the RSD stage `rsd` generated, read
-    from that stage's stamp when this one runs (it runs after it); checked now with a placeholder."""
+    from that stage's stamp when this one runs (it runs after it). At plan time the budget is not known
+    yet, so the rest of the config is validated with a budget of 1 token in its place."""
     build_config(GenerateConfig, spec | dict(token_budget=1), where, PRESETS)
 
     def config():
